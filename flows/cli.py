@@ -1,0 +1,161 @@
+"""The `ratchet` command: the edge between a terminal and the flows.
+
+`ratchet retrain --batch PATH` runs one batch and exits with the contract's code
+(0 promoted, 3 rejected, 4 quarantined, 5 skipped, 2 usage/config error, 1 unexpected).
+`ratchet demo` streams CLINC150 domains through the flow and prints what production
+knows after each one. `ratchet models ...` reads and moves registry aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ratchet: continual learning for text models.")
+models_app = typer.Typer(no_args_is_help=True, help="Inspect the registry and move aliases (rollback).")
+app.add_typer(models_app, name="models")
+console = Console()
+
+
+def _quiet_defaults() -> None:
+    # Set before Prefect is imported: no telemetry, and patience for the temporary server.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set expects section.key=value, got '{pair}'")
+        import yaml
+
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def retrain(batch: Path = typer.Option(..., "--batch", help="Batch file: CSV, JSONL or Parquet."),
+            workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+            force: bool = typer.Option(False, help="Train even on a batch seen before."),
+            set_: list[str] = typer.Option([], "--set", help="Override a param, e.g. train.epochs=1.")) -> None:
+    """Run one batch through validate, drift, finetune, evaluate, gate, promote."""
+    _quiet_defaults()
+    from tasks.config import ConfigError
+
+    if not batch.exists():
+        console.print(f"[red]error:[/] no batch file at {batch}")
+        raise typer.Exit(2)
+    try:
+        from flows.retrain import retrain as retrain_flow
+
+        outcome = retrain_flow(batch=str(batch), workspace=str(workspace), force=force, overrides=_overrides(set_))
+    except (ConfigError, typer.BadParameter) as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2)
+    colour = {"promoted": "green", "rejected": "yellow", "quarantined": "red", "skipped": "cyan"}[outcome["status"]]
+    console.print(f"[{colour}]{outcome['status']}[/] batch {outcome['batch_id']} -> production {outcome['production']}")
+    for reason in outcome["reasons"]:
+        console.print(f"  - {reason}")
+    console.print(f"  decision: reports/{outcome['run_id']}/decision.json")
+    raise typer.Exit(outcome["exit_code"])
+
+
+@app.command()
+def stream(out: Path = typer.Option(Path("data/landing/clinc150"), help="Where batch files are written."),
+           domains: int = typer.Option(3, help="How many CLINC150 domains (1-10).")) -> None:
+    """Write CLINC150 domains as batch files, one per domain."""
+    from flows.stream import write_clinc150_batches
+
+    for path in write_clinc150_batches(out, domains):
+        console.print(str(path))
+
+
+@app.command()
+def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), help="CLINC150 domains to stream (1-10)."),
+         workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+         set_: list[str] = typer.Option([], "--set", help="Override a param, e.g. train.epochs=1.")) -> None:
+    """Stream CLINC150 domains through the retrain flow and show what production knows."""
+    _quiet_defaults()
+    from flows.stream import production_scores, stream_clinc150
+
+    started = time.perf_counter()
+    outcomes = stream_clinc150(domains=domains, workspace=str(workspace), overrides=_overrides(set_))
+    seconds = time.perf_counter() - started
+    slices = sorted({s for o in outcomes for s in production_scores(o)}, key=lambda s: min(
+        i for i, o in enumerate(outcomes) if s in production_scores(o)))
+    table = Table(title=f"Production accuracy per slice after each batch ({seconds / 60:.1f} min)")
+    for column in ["batch", "decision", "production", *slices]:
+        table.add_column(column)
+    for o in outcomes:
+        scores = production_scores(o)
+        table.add_row(o["batch"], o["status"], str(o["production"]),
+                      *[f"{scores[s]:.3f}" if s in scores else "-" for s in slices])
+    console.print(table)
+    summary = {"seconds": round(seconds, 1), "domains": domains, "outcomes": [
+        {"batch": o["batch"], "status": o["status"], "production": o["production"],
+         "slices": production_scores(o)} for o in outcomes]}
+    out = Path(workspace) / "reports" / "demo_summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    console.print(f"summary: {out}")
+
+
+@models_app.command("list")
+def models_list(workspace: Path = typer.Option(Path("."))) -> None:
+    """Versions, their parent, batch and overall exam accuracy; aliases marked."""
+    from tasks.registry import Registry
+
+    reg = Registry(workspace.resolve() / "models")
+    marks: dict[str, list[str]] = {}
+    for alias, version in reg.aliases().items():
+        marks.setdefault(version, []).append(alias)
+    table = Table()
+    for column in ["version", "aliases", "parent", "batch", "exam accuracy", "created"]:
+        table.add_column(column)
+    for version in reg.versions():
+        meta = reg.metadata(version)
+        table.add_row(version, ", ".join(sorted(marks.get(version, []))), str(meta.get("parent")),
+                      meta.get("batch_id", ""), f"{meta['metrics']['overall']['accuracy']:.3f}", meta.get("created_at", ""))
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(version: str, workspace: Path = typer.Option(Path("."))) -> None:
+    """Point production at VERSION (rollback: promote the previous one)."""
+    from tasks.registry import Registry, RegistryError
+
+    reg = Registry(workspace.resolve() / "models")
+    try:
+        reg.promote(version)
+    except RegistryError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    console.print(f"production -> {version}")
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as exc:  # the contract: 1 for anything unexpected, with a readable line
+        console.print(f"[red]unexpected failure:[/] {type(exc).__name__}: {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

