@@ -63,6 +63,7 @@ def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *,
              batch_size: int, max_length: int) -> dict:
     """Sheets for the whole exam ("all"), the exam before this batch ("old", None when it
     was empty) and this batch's held-out rows ("new"). `clf` None = no model yet."""
+    exam = exam.reset_index(drop=True)
     if clf is None or exam.empty:
         pred = pd.Series([""] * len(exam), index=exam.index, dtype=str)
     else:

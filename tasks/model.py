@@ -49,8 +49,8 @@ def _label_kwargs(labels: list[str]) -> dict:
 def tiny_config(vocab_size: int, labels: list[str]) -> BertConfig:
     """A 2-layer BERT small enough for unit tests on CPU."""
     return BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, **_label_kwargs(labels),
+        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=128, **_label_kwargs(labels),
     )
 
 

@@ -88,11 +88,17 @@ def test_rare_reference_label_is_not_new_after_sampling(tmp_path):
     assert result.new_labels == []
 
 
-@pytest.mark.parametrize("ref_labels,cur_labels", [(("a",), ("b",)), (("a",), ("a",)), (("a", "b"), ("x", "y", "z"))])
-def test_degenerate_label_sets_do_not_crash(tmp_path, ref_labels, cur_labels):
-    result = detect_drift(make_batch(10, 30, cur_labels), make_batch(11, 30, ref_labels), DriftConfig(), tmp_path)
+@pytest.mark.parametrize(
+    "ref_labels,cur_labels,rows",
+    [(("a",), ("b",), 30), (("a",), ("a",), 30), (("a", "b"), ("x", "y", "z"), 30), (("a", "b"), ("c",), 1)],
+)
+def test_degenerate_label_sets_do_not_crash(tmp_path, ref_labels, cur_labels, rows):
+    current, reference = make_batch(10, rows, cur_labels), make_batch(11, rows, ref_labels)
+    result = detect_drift(current, reference, DriftConfig(), tmp_path)
     assert len(result.columns) == len(SIGNALS)
     assert result.new_labels == sorted(set(cur_labels) - set(ref_labels))
+    if not set(cur_labels) & set(ref_labels):
+        assert {c.column: c for c in result.columns}["label"].drifted
     json.dumps(result.to_dict(), allow_nan=False)
 
 

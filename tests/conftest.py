@@ -1,0 +1,85 @@
+"""Shared fixtures: offline environment, one Prefect test server per session, toy data.
+
+Toy batches are built so a tiny 2-layer BERT can learn them in seconds: each label has
+its own keyword, surrounded by filler words shared by every label.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports Prefect or transformers: offline, quiet, patient on slow CI.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FILLER = "the a my please can you i want to about for with this that is it".split()
+KEYWORDS = {
+    "weather": "rain", "music": "guitar", "food": "pizza", "travel": "flight",
+    "bank": "money", "sport": "football", "health": "doctor", "car": "engine",
+}
+
+
+def toy_frame(labels: list[str], *, per_label: int = 30, seed: int = 0, slice_name: str | None = None,
+              test_share: float = 0.3) -> pd.DataFrame:
+    """Rows `text,label[,slice],split` where each label's keyword decides the label."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in labels:
+        keyword = KEYWORDS[label]
+        for i in range(per_label):
+            words = list(rng.choice(FILLER, size=int(rng.integers(3, 8))))
+            words.insert(int(rng.integers(0, len(words) + 1)), keyword)
+            split = "test" if i < per_label * test_share else "train"
+            rows.append({"text": " ".join(words) + f" {i}", "label": label, "split": split})
+    frame = pd.DataFrame(rows)
+    if slice_name:
+        frame.insert(2, "slice", slice_name)
+    return frame
+
+
+@pytest.fixture
+def toy():
+    return toy_frame
+
+
+TINY_PARAMS = """\
+model: {base: tiny, max_length: 32}
+validate: {min_rows: 5}
+replay: {capacity: 200, ratio: 1.0}
+train: {epochs: 20, batch_size: 16, lr: 2.0e-3, warmup_ratio: 0.0, seed: 7, precision: fp32}
+gate: {tolerance: 0.1, min_new_slice_score: 0.5}
+"""
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """An empty workspace with params for the tiny model."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text(TINY_PARAMS)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for the whole test session (it takes 5-10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
