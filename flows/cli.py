@@ -33,6 +33,15 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    # Stage functions log progress (loss, samples/s) to plain loggers; show them here.
+    stages = logging.getLogger("tasks")
+    if not stages.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(name)s | %(message)s", "%H:%M:%S"))
+        stages.addHandler(handler)
+        stages.setLevel(logging.INFO)
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -102,9 +111,9 @@ def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), 
         table.add_column(column)
     for o in outcomes:
         scores = production_scores(o)
-        table.add_row(o["batch"], o["status"], str(o["production"]),
+        table.add_row(Path(o["batch"]).stem, o["status"], str(o["production"]),
                       *[f"{scores[s]:.3f}" if s in scores else "-" for s in slices])
-    console.print(table)
+    Console(width=max(console.width, 40 + 16 * len(slices))).print(table)
     summary = {"seconds": round(seconds, 1), "domains": domains, "outcomes": [
         {"batch": o["batch"], "status": o["status"], "production": o["production"],
          "slices": production_scores(o)} for o in outcomes]}

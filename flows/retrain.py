@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from tasks.config import load_params, params_hash
+from tasks.audit import record_data, version_metadata
+from tasks.config import load_params
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
@@ -55,11 +56,6 @@ def _finish(outcome: Outcome, ws: Workspace) -> Outcome:
     (run_dir / "decision.json").write_text(json.dumps(outcome.to_dict(), indent=2, default=str))
     get_run_logger().info("batch %s: %s (%s)", outcome.batch_id, outcome.status, "; ".join(outcome.reasons))
     return outcome
-
-
-def _git_rev(root: Path) -> str | None:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def _lineage(reg: Registry, champion: str | None) -> list[str]:
@@ -108,8 +104,7 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     exam = load_exam(ws.exam_dir, lineage + [got.batch_id])
     cand_sheets = evaluate_task(candidate.path, exam, got.batch_id, params.evaluate, params.model.max_length)
     champ_sheets = evaluate_task(champion_dir, exam, got.batch_id, params.evaluate, params.model.max_length)
-    old_slices = sorted(cand_sheets["old"]["slices"]) if cand_sheets["old"] else []
-    decision = gate_task(cand_sheets, champ_sheets if champion else None, old_slices, params.gate)
+    decision = gate_task(cand_sheets, champ_sheets if champion else None, params.gate)
 
     details = {
         "drift": drift.to_dict(), "train": candidate.train.to_dict() | {"losses": None},
@@ -117,14 +112,14 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
         "candidate_scores": cand_sheets["all"], "champion_scores": champ_sheets["all"],
     }
     if not decision.promote:
+        shutil.rmtree(candidate.path, ignore_errors=True)
         return _finish(Outcome("rejected", got.batch_id, run_id, decision.reasons,
                                production=champion, details=details), ws).to_dict()
-    metadata = {
-        "parent": champion, "batch_ids": lineage + [got.batch_id], "batch_id": got.batch_id,
-        "source": str(batch), "params_hash": params_hash(params), "params": params.to_dict(),
-        "git_rev": _git_rev(ws.root), "created_at": stamp, "run_id": run_id,
-        "metrics": cand_sheets["all"], "gate": decision.to_dict(), "train": candidate.train.to_dict(),
-    }
+    metadata = version_metadata(
+        params, parent=champion, lineage=lineage, batch_id=got.batch_id, source=str(batch),
+        metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
+        run_id=run_id, root=ws.root, data_hash=record_data(ws))
     version = promote_task(reg, Path(candidate.path), metadata)
+    shutil.rmtree(candidate.path, ignore_errors=True)
     return _finish(Outcome("promoted", got.batch_id, run_id, decision.reasons, version=version,
                            production=version, details=details), ws).to_dict()

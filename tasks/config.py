@@ -79,6 +79,14 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    # the delivery `dvc repro` replays, and the registry version it starts from
+    # ("none" = the base model), so any promotion can be rebuilt stage by stage
+    batch: str = "data/landing/clinc150/01_banking.csv"
+    parent: str = "none"
+
+
+@dataclass(frozen=True)
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -88,6 +96,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -248,3 +248,21 @@ def drift_task(
     seed: int = 0,
 ) -> DriftResult:
     return detect_drift(current, reference, cfg, out_dir, seed)
+
+
+def main() -> None:
+    """dvc stage `drift`: the audited batch against its parent's training data."""
+    from tasks import pipeline
+    from tasks.intake import load_split
+
+    p = pipeline.params()
+    parts = pipeline.split_frames()
+    ws = pipeline.workspace()
+    lineage = pipeline.lineage(p)
+    reference = pd.concat([load_split(b, ws).train for b in lineage], ignore_index=True) if lineage else None
+    current = pd.concat([parts["train"], parts["test"]], ignore_index=True)
+    detect_drift(current, reference, p.drift, pipeline.stage_dir("drift"), p.train.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -95,3 +95,30 @@ def evaluate_task(model_dir, exam: pd.DataFrame, new_batch_id: str, cfg, max_len
 
     clf = load_classifier(model_dir) if model_dir is not None else None
     return evaluate(clf, exam, new_batch_id, batch_size=cfg.batch_size, max_length=max_length)
+
+
+def main() -> None:
+    """dvc stage `evaluate`: candidate and parent on the parent's exam plus this batch."""
+    from tasks import pipeline
+    from tasks.model import load_classifier
+
+    p = pipeline.params()
+    exam = pd.concat([load_exam(pipeline.workspace().exam_dir, pipeline.lineage(p)),
+                      pipeline.split_frames()["test"]], ignore_index=True)
+    batch_id = pipeline.batch_id()
+    parent = pipeline.parent_dir(p)
+    sheets = {}
+    for who, path in (("candidate", pipeline.BUILD / "finetune" / "candidate"), ("champion", parent)):
+        clf = load_classifier(path) if path else None
+        sheets[who] = evaluate(clf, exam, batch_id, batch_size=p.evaluate.batch_size, max_length=p.model.max_length)
+    out = pipeline.stage_dir("evaluate")
+    pipeline.write_json(out / "scores.json", sheets)
+    pipeline.write_json(out / "metrics.json", {
+        "candidate": {"overall": sheets["candidate"]["all"]["overall"]["accuracy"],
+                      **{k: v["accuracy"] for k, v in sheets["candidate"]["all"]["slices"].items()}}})
+    pd.DataFrame([{"slice": k, "model": who, "accuracy": v["accuracy"]} for who in sheets
+                  for k, v in sheets[who]["all"]["slices"].items()]).to_csv(out / "slices.csv", index=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -178,3 +178,21 @@ from prefect import task  # noqa: E402
 @task(name="finetune")
 def finetune_task(champion_dir, train_rows: pd.DataFrame, out_dir, params) -> Candidate:
     return train_candidate(champion_dir=champion_dir, train_rows=train_rows, out_dir=out_dir, params=params)
+
+
+def main() -> None:
+    """dvc stage `finetune`: parent (or base) + audited batch + replay -> build/finetune/."""
+    from tasks import pipeline
+
+    p = pipeline.params()
+    out = pipeline.stage_dir("finetune")
+    candidate = train_candidate(champion_dir=pipeline.parent_dir(p), train_rows=pipeline.split_frames()["train"],
+                                out_dir=out / "candidate", params=p)
+    report = candidate.train.to_dict()
+    pd.DataFrame({"step": range(1, len(report["losses"]) + 1), "loss": report.pop("losses")}).to_csv(
+        out / "loss.csv", index=False)
+    pipeline.write_json(out / "metrics.json", report)
+
+
+if __name__ == "__main__":
+    main()

@@ -48,7 +48,8 @@ def _old_checks(candidate: dict, champion: dict, old_slices: list[str], tol: flo
     for name in old_slices:
         champ = champion["slices"][name]["accuracy"]
         cand = candidate["slices"].get(name, {"accuracy": 0.0})["accuracy"]
-        checks.append(Check(f"slice:{name}", "old_slice", champ, cand, round(champ - tol, 4), cand >= champ - tol))
+        threshold = round(champ - tol, 4)  # accuracies are rounded to 4 places; so is the bar
+        checks.append(Check(f"slice:{name}", "old_slice", champ, cand, threshold, cand >= threshold))
     return checks
 
 
@@ -60,8 +61,8 @@ def decide(*, candidate_old: dict | None, champion_old: dict | None, candidate_n
     if champion_old is not None and candidate_old is not None:
         checks += _old_checks(candidate_old, champion_old, old_slices, cfg.tolerance)
         champ, cand = champion_old["overall"]["accuracy"], candidate_old["overall"]["accuracy"]
-        checks.append(Check("old exam overall", "old_overall", champ, cand,
-                            round(champ - cfg.tolerance, 4), cand >= champ - cfg.tolerance))
+        threshold = round(champ - cfg.tolerance, 4)
+        checks.append(Check("old exam overall", "old_overall", champ, cand, threshold, cand >= threshold))
     new_acc = candidate_new["overall"]["accuracy"]
     checks.append(Check("new batch held-out", "new_batch", None, new_acc, cfg.min_new_slice_score,
                         new_acc >= cfg.min_new_slice_score))
@@ -78,6 +79,24 @@ from prefect import task  # noqa: E402
 
 
 @task(name="gate")
-def gate_task(candidate: dict, champion: dict, old_slices: list[str], cfg: GateConfig) -> GateDecision:
+def gate_task(candidate: dict, champion: dict | None, cfg: GateConfig) -> GateDecision:
+    """Gate on `tasks.evaluate.evaluate` sheets; `champion` None before the first promotion."""
+    old_slices = sorted(candidate["old"]["slices"]) if candidate["old"] else []
     return decide(candidate_old=candidate["old"], champion_old=champion["old"] if champion else None,
                   candidate_new=candidate["new"], old_slices=old_slices, cfg=cfg)
+
+
+def main() -> None:
+    """dvc stage `gate`: the decision for the audited candidate, as the flow would take it."""
+    from tasks import pipeline
+
+    p = pipeline.params()
+    sheets = pipeline.read_json(pipeline.BUILD / "evaluate" / "scores.json")
+    champion = sheets["champion"] if pipeline.parent(p) else None
+    decision = gate_task.fn(sheets["candidate"], champion, p.gate)
+    out = pipeline.stage_dir("gate")
+    pipeline.write_json(out / "decision.json", {**decision.to_dict(), "table": decision.markdown()})
+
+
+if __name__ == "__main__":
+    main()

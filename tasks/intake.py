@@ -62,7 +62,8 @@ def parse_bytes(raw: bytes, name: str) -> pd.DataFrame:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"file is not UTF-8: first bad byte at offset {exc.start}") from exc
+        bad = exc.start + len(raw) - len(exc.object)  # utf-8-sig reports offsets past the BOM
+        raise ValueError(f"file is not UTF-8: first bad byte at offset {bad}") from exc
     if kind == "jsonl":
         return pd.read_json(io.StringIO(text), lines=True, dtype=False)
     return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
@@ -160,3 +161,25 @@ def split_task(frame: pd.DataFrame, batch_id: str, test_share: float, ws: Worksp
     split = split_batch(frame, batch_id, test_share)
     store_split(split, batch_id, ws)
     return split
+
+
+def main() -> None:
+    """dvc stage `intake`: parse the audited batch into build/intake/."""
+    from tasks import pipeline
+
+    p = pipeline.params()
+    source = Path(p.audit.batch)
+    if not source.exists():
+        raise SystemExit(f"error: audit.batch: no batch file at {source} (run `make run` first, or set it)")
+    raw = source.read_bytes()
+    out = pipeline.stage_dir("intake")
+    info = {"batch_id": batch_id_for(raw), "source": str(source), "bytes": len(raw), "parse_error": None}
+    try:
+        parse_bytes(raw, source.name).to_pickle(out / "frame.pkl")
+    except Exception as exc:
+        info["parse_error"] = f"{type(exc).__name__}: {exc}"
+    pipeline.write_json(out / "batch.json", info)
+
+
+if __name__ == "__main__":
+    main()

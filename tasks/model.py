@@ -84,7 +84,7 @@ def grow_head(clf: Classifier, new_labels: list[str], seed: int) -> Classifier:
     so old labels keep their ids and their logits are untouched."""
     if not new_labels:
         return clf
-    labels = clf.labels + [label for label in new_labels if label not in clf.labels]
+    labels = clf.labels + [label for label in dict.fromkeys(new_labels) if label not in clf.labels]
     head = clf.model.classifier
     old_n, hidden = head.weight.shape
     generator = torch.Generator().manual_seed(seed)

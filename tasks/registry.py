@@ -13,6 +13,7 @@ at a complete version. Rollback is moving the alias back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -67,9 +68,17 @@ class Registry:
         version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.versions_dir))
         shutil.copytree(candidate_dir, staging, dirs_exist_ok=True)
-        (staging / "metadata.json").write_text(json.dumps({**metadata, "version": version}, indent=2, default=str))
+        metadata = {**metadata, "version": version, "weights_sha256": weights_sha256(staging)}
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
         os.rename(staging, self.versions_dir / version)
         return version
+
+    def find_weights(self, sha256: str) -> str | None:
+        """The version whose weights hash to `sha256`, if any (audits use this)."""
+        for version in self.versions():
+            if self.metadata(version).get("weights_sha256") == sha256:
+                return version
+        return None
 
     def set_alias(self, alias: str, version: str) -> None:
         """Point `alias` at `version` with one atomic replace of aliases.json."""
@@ -81,6 +90,7 @@ class Registry:
 
     def promote(self, version: str) -> None:
         """Make `version` production; the old production becomes `previous`."""
+        self.path(version)  # refuse before touching `previous`, or a failed promote loses it
         current = self.resolve("production")
         if current and current != version:
             self.set_alias("previous", current)
@@ -93,6 +103,15 @@ class Registry:
             tmp.unlink()
         os.symlink(Path("versions") / version, tmp)
         os.replace(tmp, link)
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """Content hash of a model's weights file: equal hashes mean bitwise-equal weights."""
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / "model.safetensors", "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -126,3 +145,38 @@ from prefect import task  # noqa: E402
 @task(name="promote", retries=2, retry_delay_seconds=[1, 5])
 def promote_task(registry: Registry, candidate_dir: Path, metadata: dict) -> str:
     return register_and_promote(registry, candidate_dir, metadata)
+
+
+def main() -> None:
+    """dvc stage `promote`: register the audited candidate unless its exact weights are
+    already a version (then the audit reproduced it); move production only when the
+    gate passed and the parent is still production."""
+    from tasks import pipeline
+
+    p = pipeline.params()
+    reg = Registry(pipeline.workspace().models_dir)
+    candidate = pipeline.BUILD / "finetune" / "candidate"
+    decision = pipeline.read_json(pipeline.BUILD / "gate" / "decision.json")
+    sha = weights_sha256(candidate)
+    record = {"weights_sha256": sha, "gate_promote": decision["promote"], "parent": pipeline.parent(p)}
+    existing = reg.find_weights(sha)
+    if existing:
+        record |= {"status": "reproduced", "version": existing}
+    elif not decision["promote"]:
+        record |= {"status": "rejected", "version": None}
+    else:
+        from tasks.audit import version_metadata
+
+        scores = pipeline.read_json(pipeline.BUILD / "evaluate" / "scores.json")
+        meta = version_metadata(p, parent=record["parent"], lineage=pipeline.lineage(p), batch_id=pipeline.batch_id(),
+                                source=p.audit.batch, metrics=scores["candidate"]["all"], gate=decision,
+                                train=pipeline.read_json(pipeline.BUILD / "finetune" / "metrics.json"), run_id="dvc")
+        if record["parent"] == reg.resolve("production"):
+            record |= {"status": "promoted", "version": register_and_promote(reg, candidate, meta)}
+        else:
+            record |= {"status": "registered", "version": reg.register(candidate, meta)}
+    pipeline.write_json(pipeline.stage_dir("promote") / "promotion.json", record)
+
+
+if __name__ == "__main__":
+    main()

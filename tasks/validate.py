@@ -200,3 +200,25 @@ def validate_task(
     frame: pd.DataFrame | None, cfg: ValidateConfig, parse_error: str | None = None
 ) -> ValidationResult:
     return validate_frame(frame, cfg, parse_error)
+
+
+def main() -> None:
+    """dvc stage `validate`: GX on build/intake, then the train/dev/test split."""
+    from tasks import pipeline
+    from tasks.intake import split_batch
+
+    p = pipeline.params()
+    info = pipeline.read_json(pipeline.BUILD / "intake" / "batch.json")
+    frame = None if info["parse_error"] else pd.read_pickle(pipeline.BUILD / "intake" / "frame.pkl")
+    result = validate_frame(frame, p.validate, info["parse_error"])
+    out = pipeline.stage_dir("validate")
+    pipeline.write_json(out / "validation.json", result.to_dict())
+    if not result.passed:
+        raise SystemExit(f"validation failed:\n{result.summary()}")
+    split = split_batch(frame, info["batch_id"], p.intake.test_share)
+    for name in ("train", "dev", "test"):
+        getattr(split, name).to_parquet(out / f"{name}.parquet", index=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tasks.intake import (
-    Intake, batch_id_for, intake, is_known, load_split, parse_bytes, quarantine, split_batch,
+    batch_id_for, intake, is_known, load_split, parse_bytes, quarantine, split_batch,
     store_split,
 )
 from tasks.workspace import Workspace
@@ -139,8 +139,31 @@ def test_parse_unsupported_extension():
 
 
 def test_parse_non_utf8_names_offset():
-    with pytest.raises(ValueError, match="offset 12"):
+    with pytest.raises(ValueError, match="offset 11"):
         parse_bytes(b"text,label\n\xff,x\n", "b.csv")
+
+
+def test_parse_non_utf8_offset_counts_the_bom():
+    """The offset is into the file as delivered, BOM included (a user opens it in a hex editor)."""
+    raw = b"\xef\xbb\xbftext,label\n\xff,x\n"
+    assert raw[14] == 0xFF
+    with pytest.raises(ValueError, match=r"offset 14\b"):
+        parse_bytes(raw, "b.csv")
+
+
+def test_parse_non_utf8_offset_matches_first_bad_byte():
+    """Invariant: for any position of a stray byte, the named offset is where it is."""
+    rng = np.random.default_rng(3)
+    body = "text,label\n" + "".join(f"row {i} caf\u00e9,x\n" for i in range(30))
+    for _ in range(25):
+        bom = b"\xef\xbb\xbf" if rng.random() < 0.5 else b""
+        good = bom + body.encode("utf-8")
+        pos = int(rng.integers(len(bom), len(good) + 1))
+        while pos < len(good) and (good[pos] & 0xC0) == 0x80:  # not inside a multi-byte char
+            pos += 1
+        raw = good[:pos] + b"\xff" + good[pos:]
+        with pytest.raises(ValueError, match=rf"offset {pos}\b"):
+            parse_bytes(raw, "b.csv")
 
 
 # --- split ---------------------------------------------------------------------------
@@ -275,7 +298,3 @@ def test_quarantine_twice_replaces_previous(ws, tmp_path):
     assert json.loads((target / "report.json").read_text()) == {"n": 2}
     assert (target / "raw" / "bad.csv").read_bytes() == raw
 
-
-def test_intake_dataclass_defaults():
-    item = Intake("b-x", ws_path := __import__("pathlib").Path("/tmp/x"), None)
-    assert item.parse_error is None and item.raw_path == ws_path

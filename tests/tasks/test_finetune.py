@@ -1,0 +1,227 @@
+"""Fine-tune: device choice, length-bucketed batching, learning, determinism, and the
+candidate directory a training run leaves behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks.config import ModelConfig, TrainConfig, load_params
+from tasks.finetune import finetune, length_bucketed_batches, pick_device, train_candidate, training_rows
+from tasks.intake import split_batch
+from tasks.model import load_base, load_classifier
+from tasks.replay import ReplayBuffer
+
+MODEL = ModelConfig(base="tiny", max_length=32)
+FAST = TrainConfig(epochs=8, batch_size=16, lr=2e-3, warmup_ratio=0.0, seed=7, precision="fp32", device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """On a shared 2-core box, torch's OpenMP pool contending with another process runs
+    ~100x slower; one thread keeps the tiny model at about a second per run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+# --- device ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_pick_device_fp32_on_cpu(no_cuda, device):
+    assert pick_device(TrainConfig(precision="fp32", device=device)) == (torch.device("cpu"), None)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_pick_device_bf16_on_cpu(no_cuda, device):
+    assert pick_device(TrainConfig(precision="bf16", device=device)) == (torch.device("cpu"), torch.bfloat16)
+
+
+@pytest.mark.parametrize("has_bf16,expected", [(True, torch.bfloat16), (False, None)])
+def test_pick_device_auto_on_cpu_follows_cpu_support(no_cuda, monkeypatch, has_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_bf16, raising=False)
+    assert pick_device(TrainConfig(precision="auto", device="auto")) == (torch.device("cpu"), expected)
+
+
+def test_pick_device_cuda_requested_but_absent(no_cuda):
+    with pytest.raises(RuntimeError, match="train.device is 'cuda'"):
+        pick_device(TrainConfig(device="cuda"))
+
+
+@pytest.mark.parametrize("bf16_ok,expected", [(True, torch.bfloat16), (False, None)])
+def test_pick_device_auto_prefers_cuda(monkeypatch, bf16_ok, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
+    assert pick_device(TrainConfig(precision="auto", device="auto")) == (torch.device("cuda"), expected)
+    # an explicit cpu request wins over a present GPU
+    assert pick_device(TrainConfig(precision="fp32", device="cpu"))[0] == torch.device("cpu")
+
+
+# --- batching -------------------------------------------------------------------------
+
+def test_length_bucketed_batches_cover_every_index_once():
+    rng_cases = np.random.default_rng(0)
+    for case in range(40):
+        n = int(rng_cases.integers(0, 3000))
+        batch_size = int(rng_cases.integers(1, 70))
+        lengths = rng_cases.integers(1, 128, size=n)
+        rng = np.random.default_rng(case)
+        for _epoch in range(2):
+            batches = length_bucketed_batches(lengths, batch_size, rng)
+            flat = np.concatenate(batches) if batches else np.array([], dtype=int)
+            assert sorted(flat.tolist()) == list(range(n)), (n, batch_size)
+            assert all(1 <= len(b) <= batch_size for b in batches)
+            window = batch_size * 50
+            expected = sum(math.ceil(min(window, n - s) / batch_size) for s in range(0, n, window))
+            assert len(batches) == expected
+
+
+def test_length_bucketed_batches_group_similar_lengths():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 120, size=2000)
+    batches = length_bucketed_batches(lengths, 32, np.random.default_rng(2))
+    bucketed_spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    random_spread = np.mean([np.ptp(lengths[b]) for b in np.array_split(rng.permutation(2000), len(batches))])
+    assert bucketed_spread < random_spread / 5
+
+
+def test_length_bucketed_batches_seeded_and_shuffled_per_epoch():
+    lengths = np.random.default_rng(3).integers(1, 60, size=500)
+    a = length_bucketed_batches(lengths, 16, np.random.default_rng(9))
+    b = length_bucketed_batches(lengths, 16, np.random.default_rng(9))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
+    rng = np.random.default_rng(9)
+    first, second = length_bucketed_batches(lengths, 16, rng), length_bucketed_batches(lengths, 16, rng)
+    assert not all(np.array_equal(x, y) for x, y in zip(first, second))
+
+
+# --- finetune -------------------------------------------------------------------------
+
+def _loss(clf, rows: pd.DataFrame) -> float:
+    enc = clf.tokenizer(list(rows["text"]), padding=True, truncation=True, max_length=32, return_tensors="pt")
+    target = torch.tensor([clf.model.config.label2id[x] for x in rows["label"]])
+    with torch.inference_mode():
+        return float(clf.model.eval()(**enc, labels=target).loss)
+
+
+def test_finetune_lowers_loss_and_reports(toy):
+    rows = toy(["weather", "music", "food"], per_label=16)
+    clf = load_base("tiny", ["weather", "music", "food"], seed=1)
+    before = _loss(clf, rows)
+    cfg = TrainConfig(**{**FAST.__dict__, "epochs": 20})
+    report = finetune(clf, rows, replay_rows=10, cfg=cfg, model_cfg=MODEL)
+    after = _loss(clf, rows)
+    assert after < before * 0.5, (before, after)
+    steps = math.ceil(len(rows) / cfg.batch_size) * cfg.epochs
+    assert report.steps == steps == len(report.losses)
+    assert report.samples == len(rows) * cfg.epochs
+    assert (report.new_rows, report.replay_rows) == (len(rows) - 10, 10)
+    assert (report.device, report.precision) == ("cpu", "fp32")
+    assert np.mean(report.losses[-3:]) < np.mean(report.losses[:3])
+    # returned ready to serve: eval mode, on the CPU
+    assert not clf.model.training
+    assert next(clf.model.parameters()).device.type == "cpu"
+    json.dumps(report.to_dict())  # the report is plain JSON
+
+
+def test_finetune_bitwise_deterministic(toy):
+    rows = toy(["weather", "music"], per_label=16)
+    states, losses = [], []
+    for _ in range(2):
+        clf = load_base("tiny", ["weather", "music"], seed=3)
+        report = finetune(clf, rows, replay_rows=0, cfg=FAST, model_cfg=MODEL)
+        states.append(clf.model.state_dict())
+        losses.append(report.losses)
+    assert losses[0] == losses[1]
+    assert states[0].keys() == states[1].keys()
+    for name in states[0]:
+        assert torch.equal(states[0][name], states[1][name]), name
+
+
+def test_finetune_seed_matters(toy):
+    rows = toy(["weather", "music"], per_label=10)
+    weights = []
+    for seed in (1, 2):
+        clf = load_base("tiny", ["weather", "music"], seed=0)
+        finetune(clf, rows, replay_rows=0, cfg=TrainConfig(**{**FAST.__dict__, "seed": seed, "epochs": 2}),
+                 model_cfg=MODEL)
+        weights.append(clf.model.classifier.weight.detach().clone())
+    assert not torch.equal(*weights)
+
+
+def test_training_rows_keeps_new_first():
+    new = pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"], "slice": "s", "batch_id": "b2"})
+    old = pd.DataFrame({"text": ["c"], "label": ["x"], "slice": "s", "batch_id": "b1"})
+    out = training_rows(new, old)
+    assert list(out.columns) == ["text", "label"]
+    assert list(out["text"]) == ["a", "b", "c"]
+
+
+# --- candidate ------------------------------------------------------------------------
+
+def _tree_digest(path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_train_candidate_first_then_successor(toy, workspace, tmp_path):
+    params = load_params(workspace / "params.yaml", {"train.epochs": 12})
+    first = split_batch(toy(["weather", "music"], per_label=30, seed=0), "b-one", 0.3).train
+    cand = train_candidate(champion_dir=None, train_rows=first, out_dir=tmp_path / "c1", params=params)
+
+    c1 = tmp_path / "c1"
+    for name in ("config.json", "model.safetensors", "label_map.json", "replay.parquet", "replay.json",
+                 "train_report.json"):
+        assert (c1 / name).exists(), name
+    assert cand.labels == cand.new_labels == ["music", "weather"]
+    assert cand.path == str(c1)
+    report = json.loads((c1 / "train_report.json").read_text())
+    assert report["replay_rows"] == 0 and report["new_rows"] == len(first)
+    clf = load_classifier(c1)
+    assert clf.labels == ["music", "weather"]
+    buffer = ReplayBuffer.load(c1)
+    assert buffer.seen == len(first) == len(buffer)  # capacity 200 > 21 rows
+    assert set(buffer.rows["text"]) == set(first["text"])
+
+    # successor: the champion directory is read, never changed
+    digest = _tree_digest(c1)
+    second = split_batch(toy(["food", "travel", "weather"], per_label=20, seed=1), "b-two", 0.3).train
+    cand2 = train_candidate(champion_dir=c1, train_rows=second, out_dir=tmp_path / "c2", params=params)
+    assert _tree_digest(c1) == digest
+
+    assert cand2.new_labels == ["food", "travel"]
+    assert cand2.labels == ["music", "weather", "food", "travel"]  # old ids kept, new appended
+    grown = load_classifier(tmp_path / "c2")
+    assert grown.labels == cand2.labels
+    assert grown.model.config.label2id["music"] == 0 and grown.model.config.label2id["weather"] == 1
+    child = ReplayBuffer.load(tmp_path / "c2")
+    assert child.seen == buffer.seen + len(second)
+    assert len(child) == min(params.replay.capacity, child.seen)
+    assert set(child.rows["batch_id"]) == {"b-one", "b-two"}
+    assert set(child.rows["text"]) <= set(first["text"]) | set(second["text"])
+    assert cand2.train.replay_rows == min(round(params.replay.ratio * len(second)), len(buffer))
+    assert cand2.train.new_rows == len(second)
+
+
+def test_train_candidate_deterministic(toy, workspace, tmp_path):
+    params = load_params(workspace / "params.yaml", {"train.epochs": 3})
+    rows = split_batch(toy(["weather", "music"], per_label=10), "b-x", 0.3).train
+    for name in ("a", "b"):
+        train_candidate(champion_dir=None, train_rows=rows, out_dir=tmp_path / name, params=params)
+    a, b = load_classifier(tmp_path / "a"), load_classifier(tmp_path / "b")
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), name
+    pd.testing.assert_frame_equal(ReplayBuffer.load(tmp_path / "a").rows, ReplayBuffer.load(tmp_path / "b").rows)
+    assert (tmp_path / "a" / "replay.json").read_text() == (tmp_path / "b" / "replay.json").read_text()

@@ -1,0 +1,53 @@
+"""dvc.yaml rebuilds a promotion made by the flow, bitwise, and is then up to date."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from flows.retrain import retrain
+from tasks.registry import Registry
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_dvc_repro_reproduces_the_first_promotion(repo, tmp_path, toy, prefect_server):
+    from conftest import TINY_PARAMS
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copytree(repo / "tasks", ws / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(repo / "dvc.yaml", ws / "dvc.yaml")
+    params = yaml.safe_load(TINY_PARAMS) | {"audit": {"batch": "data/landing/a.csv", "parent": "none"}}
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    (ws / ".gitignore").write_text("/build\n/models\n/reports\n/.ratchet\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        assert _run(cmd, ws).returncode == 0
+    batch = ws / "data" / "landing" / "a.csv"
+    batch.parent.mkdir(parents=True)
+    toy(["weather", "music"], per_label=30, seed=5, slice_name="A").to_csv(batch, index=False)
+
+    outcome = retrain(batch=str(batch), workspace=str(ws))
+    assert outcome["status"] == "promoted"
+    meta = Registry(ws / "models").metadata("v0001")
+    assert meta["dvc_data_hash"] and (ws / "data.dvc").exists()
+
+    first = _run(["dvc", "repro"], ws)
+    assert first.returncode == 0, first.stdout + first.stderr
+    promotion = json.loads((ws / "build" / "promote" / "promotion.json").read_text())
+    assert promotion == {**promotion, "status": "reproduced", "version": "v0001"}
+    assert promotion["weights_sha256"] == meta["weights_sha256"]
+
+    second = _run(["dvc", "repro"], ws)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "up to date" in second.stdout
+    assert Registry(ws / "models").versions() == ["v0001"]
