@@ -112,6 +112,11 @@ _CHOICES = {
 def _coerce(value: Any, kind: type, key: str) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-4` (no dot) as a string; accept what is clearly a number
+            return float(value)
+        except ValueError:
+            pass
     if kind is bool or isinstance(value, bool):
         if isinstance(value, bool) and kind is bool:
             return value

@@ -58,14 +58,14 @@ def load_base(base: str, labels: list[str], seed: int) -> Classifier:
     """A fresh classifier over `labels` on top of a base encoder ("minilm", "tiny" or a path).
 
     The classification head is new, so its initialisation is seeded."""
+    path = minilm_path() if base in ("minilm", "tiny") else Path(base)
+    if not path.exists():
+        raise FileNotFoundError(f"model.base: no model directory at {path}")
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path() if base in ("minilm", "tiny") else base)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if base == "tiny":
         model = BertForSequenceClassification(tiny_config(len(tokenizer), labels))
     else:
-        path = minilm_path() if base == "minilm" else Path(base)
-        if not path.exists():
-            raise FileNotFoundError(f"model.base: no model directory at {path}")
         model = AutoModelForSequenceClassification.from_pretrained(path, **_label_kwargs(labels))
     model.config.problem_type = "single_label_classification"
     return Classifier(model, tokenizer)

@@ -41,7 +41,8 @@ class Registry:
     def versions(self) -> list[str]:
         if not self.versions_dir.exists():
             return []
-        return sorted(p.name for p in self.versions_dir.iterdir() if p.is_dir() and p.name.startswith("v"))
+        names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and p.name[1:].isdigit()]
+        return sorted(names, key=lambda name: int(name[1:]))
 
     def aliases(self) -> dict[str, str]:
         if not self.aliases_path.exists():
@@ -67,10 +68,14 @@ class Registry:
         existing = self.versions()
         version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.versions_dir))
-        shutil.copytree(candidate_dir, staging, dirs_exist_ok=True)
-        metadata = {**metadata, "version": version, "weights_sha256": weights_sha256(staging)}
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
-        os.rename(staging, self.versions_dir / version)
+        try:
+            shutil.copytree(candidate_dir, staging, dirs_exist_ok=True)
+            metadata = {**metadata, "version": version, "weights_sha256": weights_sha256(staging)}
+            (staging / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+            os.rename(staging, self.versions_dir / version)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return version
 
     def find_weights(self, sha256: str) -> str | None:
@@ -82,19 +87,23 @@ class Registry:
 
     def set_alias(self, alias: str, version: str) -> None:
         """Point `alias` at `version` with one atomic replace of aliases.json."""
-        self.path(version)  # never point at a missing version
-        aliases = {**self.aliases(), alias: version}
-        _atomic_write(self.aliases_path, json.dumps(aliases, indent=2, sort_keys=True))
-        if alias == "production":
-            self._link_production(version)
+        self._move({alias: version})
 
     def promote(self, version: str) -> None:
-        """Make `version` production; the old production becomes `previous`."""
-        self.path(version)  # refuse before touching `previous`, or a failed promote loses it
+        """Make `version` production; the old production becomes `previous` (one write)."""
         current = self.resolve("production")
+        moves = {"production": version}
         if current and current != version:
-            self.set_alias("previous", current)
-        self.set_alias("production", version)
+            moves["previous"] = current
+        self._move(moves)
+
+    def _move(self, moves: dict[str, str]) -> None:
+        for version in moves.values():
+            self.path(version)  # never point at a missing version
+        aliases = {**self.aliases(), **moves}
+        _atomic_write(self.aliases_path, json.dumps(aliases, indent=2, sort_keys=True))
+        if "production" in moves:
+            self._link_production(moves["production"])
 
     def _link_production(self, version: str) -> None:
         link = self.root / "production"

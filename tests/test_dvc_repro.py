@@ -27,7 +27,11 @@ def test_dvc_repro_reproduces_the_first_promotion(repo, tmp_path, toy, prefect_s
     ws.mkdir()
     shutil.copytree(repo / "tasks", ws / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copyfile(repo / "dvc.yaml", ws / "dvc.yaml")
-    params = yaml.safe_load(TINY_PARAMS) | {"audit": {"batch": "data/landing/a.csv", "parent": "none"}}
+    # dvc.yaml names every key it depends on, so start from the full params.yaml
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in yaml.safe_load(TINY_PARAMS).items():
+        params[section].update(values)
+    params["audit"] = {"batch": "data/landing/a.csv", "parent": "none"}
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     (ws / ".gitignore").write_text("/build\n/models\n/reports\n/.ratchet\n")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):

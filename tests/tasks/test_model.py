@@ -70,8 +70,6 @@ def test_load_base_missing_path_errors(tmp_path):
         load_base(str(tmp_path / "no-such-model"), LABELS, seed=0)
 
 
-@pytest.mark.xfail(strict=True, reason="tasks/model.py loads the tokenizer before checking the path exists, "
-                                       "so the hub's 'Repo id must be…' error escapes instead of ours")
 def test_load_base_missing_path_names_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.base"):
         load_base(str(tmp_path / "no-such-model"), LABELS, seed=0)

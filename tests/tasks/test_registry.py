@@ -129,8 +129,6 @@ def test_register_leaves_no_staging(tmp_path):
     assert sorted(p.name for p in reg.versions_dir.iterdir()) == ["v0001", "v0002", "v0003"]
 
 
-@pytest.mark.xfail(strict=True, reason="Registry.register does not remove its .staging-* dir when "
-                                       "copying or writing metadata fails")
 def test_failed_register_leaves_no_staging(tmp_path):
     reg = Registry(tmp_path / "models")
     broken = tmp_path / "broken"
