@@ -25,14 +25,19 @@ app.add_typer(models_app, name="models")
 console = Console()
 
 
-def _quiet_defaults() -> None:
-    # Set before Prefect is imported: no telemetry, and patience for the temporary server.
+def offline_env() -> None:
+    """Environment defaults, set before Prefect or transformers are imported: no
+    telemetry, never a model hub, and patience for the temporary Prefect server."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet_defaults() -> None:
+    offline_env()
     import logging
 
     # Stage functions log progress (loss, samples/s) to plain loggers; show them here.
@@ -79,6 +84,8 @@ def retrain(batch: Path = typer.Option(..., "--batch", help="Batch file: CSV, JS
     console.print(f"[{colour}]{outcome['status']}[/] batch {outcome['batch_id']} -> production {outcome['production']}")
     for reason in outcome["reasons"]:
         console.print(f"  - {reason}")
+    if outcome["details"].get("gate_table"):
+        console.print(outcome["details"]["gate_table"])
     console.print(f"  decision: reports/{outcome['run_id']}/decision.json")
     raise typer.Exit(outcome["exit_code"])
 
@@ -114,13 +121,22 @@ def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), 
         table.add_row(Path(o["batch"]).stem, o["status"], str(o["production"]),
                       *[f"{scores[s]:.3f}" if s in scores else "-" for s in slices])
     Console(width=max(console.width, 40 + 16 * len(slices))).print(table)
-    summary = {"seconds": round(seconds, 1), "domains": domains, "outcomes": [
+    summary = {"seconds": round(seconds, 1), "domains": domains, "machine": _machine(), "outcomes": [
         {"batch": o["batch"], "status": o["status"], "production": o["production"],
          "slices": production_scores(o)} for o in outcomes]}
     out = Path(workspace) / "reports" / "demo_summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
     console.print(f"summary: {out}")
+
+
+def _machine() -> dict:
+    import platform
+
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 
 
 @models_app.command("list")

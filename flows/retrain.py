@@ -101,7 +101,8 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
 
     champion_dir = reg.path(champion) if champion else None
     candidate = finetune_task(champion_dir, split.train, ws.scratch_dir / run_id, params)
-    exam = load_exam(ws.exam_dir, lineage + [got.batch_id])
+    # --force on a batch already in the lineage must not put its held-out rows in twice
+    exam = load_exam(ws.exam_dir, [b for b in lineage if b != got.batch_id] + [got.batch_id])
     cand_sheets = evaluate_task(candidate.path, exam, got.batch_id, params.evaluate, params.model.max_length)
     champ_sheets = evaluate_task(champion_dir, exam, got.batch_id, params.evaluate, params.model.max_length)
     decision = gate_task(cand_sheets, champ_sheets if champion else None, params.gate)

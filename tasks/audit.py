@@ -37,7 +37,7 @@ def version_metadata(params: Params, *, parent: str | None, lineage: list[str], 
                      data_hash: str | None = None) -> dict:
     """The lineage record stored as metadata.json with a registry version."""
     return {
-        "parent": parent, "batch_ids": [*lineage, batch_id], "batch_id": batch_id, "source": source,
+        "parent": parent, "batch_ids": [*(b for b in lineage if b != batch_id), batch_id], "batch_id": batch_id, "source": source,
         "params_hash": params_hash(params), "params": params.to_dict(), "git_rev": git_rev(root),
         "dvc_data_hash": data_hash, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "run_id": run_id, "metrics": metrics, "gate": gate, "train": train,

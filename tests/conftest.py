@@ -6,15 +6,9 @@ its own keyword, surrounded by filler words shared by every label.
 
 from __future__ import annotations
 
-import os
+from flows.cli import offline_env  # imports neither Prefect nor transformers
 
-# Before anything imports Prefect or transformers: offline, quiet, patient on slow CI.
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+offline_env()  # before anything imports Prefect or transformers
 
 from pathlib import Path  # noqa: E402
 
