@@ -9,6 +9,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DOMAINS ?= 3
 
+# dvc.yaml stages run `python -m tasks.<stage>`: that must be the venv's python.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
@@ -45,7 +47,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 repro: $(STAMP)
-	$(BIN)/dvc repro
+	dvc repro
 
 clean:
 	rm -rf data models/versions models/aliases.json models/production reports .ratchet build

@@ -40,13 +40,9 @@ def _quiet_defaults() -> None:
     offline_env()
     import logging
 
-    # Stage functions log progress (loss, samples/s) to plain loggers; show them here.
-    stages = logging.getLogger("tasks")
-    if not stages.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s | %(name)s | %(message)s", "%H:%M:%S"))
-        stages.addHandler(handler)
-        stages.setLevel(logging.INFO)
+    # Stage functions log progress (loss, samples/s) to plain loggers; Prefect's
+    # console handler shows them once they pass the level.
+    logging.getLogger("tasks").setLevel(logging.INFO)
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -120,7 +116,7 @@ def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), 
         scores = production_scores(o)
         table.add_row(Path(o["batch"]).stem, o["status"], str(o["production"]),
                       *[f"{scores[s]:.3f}" if s in scores else "-" for s in slices])
-    Console(width=max(console.width, 40 + 16 * len(slices))).print(table)
+    Console(width=max(console.width, 240)).print(table)  # the table takes only what it needs
     summary = {"seconds": round(seconds, 1), "domains": domains, "machine": _machine(), "outcomes": [
         {"batch": o["batch"], "status": o["status"], "production": o["production"],
          "slices": production_scores(o)} for o in outcomes]}

@@ -71,6 +71,9 @@ def decide(*, candidate_old: dict | None, champion_old: dict | None, candidate_n
         reasons = [f"all {len(checks)} checks passed"]
     else:
         reasons = [f"{c.name}: candidate {c.candidate:.4f} below threshold {c.threshold:.4f}" for c in failed]
+    if candidate_new["overall"]["rows"] == 0:
+        reasons = ["the batch has no held-out rows, so learning it cannot be shown: add a `split` "
+                   "column with test rows, or more rows (intake.test_share of them are held out)"]
     return GateDecision(promote=not failed, reasons=reasons, checks=checks)
 
 

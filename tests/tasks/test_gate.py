@@ -174,3 +174,13 @@ def test_to_dict_is_json():
     assert blob["promote"] is True
     assert [c["name"] for c in blob["checks"]] == ["slice:web", "old exam overall", "new batch held-out"]
     assert set(blob["checks"][0]) == {"name", "kind", "champion", "candidate", "threshold", "passed"}
+
+
+def test_a_batch_without_held_out_rows_is_rejected_with_a_reason_that_says_so():
+    from tasks.config import GateConfig
+    from tasks.gate import decide
+
+    empty = {"overall": {"rows": 0, "accuracy": 0.0, "macro_f1": 0.0}, "slices": {}, "batches": {}}
+    decision = decide(candidate_old=None, champion_old=None, candidate_new=empty, old_slices=[], cfg=GateConfig())
+    assert not decision.promote
+    assert "no held-out rows" in decision.reasons[0]
