@@ -24,7 +24,7 @@ from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import gate_task
-from tasks.intake import intake_task, is_known, load_split, quarantine, split_task
+from tasks.intake import intake_task, is_known, load_train, quarantine, split_task
 from tasks.registry import Registry, promote_task
 from tasks.validate import validate_task
 from tasks.workspace import Workspace
@@ -95,7 +95,7 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
 
     split = split_task(got.frame, got.batch_id, params.intake.test_share, ws)
     lineage = _lineage(reg, champion)
-    reference = pd.concat([load_split(b, ws).train for b in lineage], ignore_index=True) if lineage else None
+    reference = load_train(lineage, ws)
     drift = drift_task(pd.concat([split.train, split.test], ignore_index=True), reference,
                        params.drift, ws.run_dir(run_id), params.train.seed)
 

@@ -253,13 +253,12 @@ def drift_task(
 def main() -> None:
     """dvc stage `drift`: the audited batch against its parent's training data."""
     from tasks import pipeline
-    from tasks.intake import load_split
+    from tasks.intake import load_train
 
     p = pipeline.params()
     parts = pipeline.split_frames()
     ws = pipeline.workspace()
-    lineage = pipeline.lineage(p)
-    reference = pd.concat([load_split(b, ws).train for b in lineage], ignore_index=True) if lineage else None
+    reference = load_train(pipeline.lineage(p), ws)
     current = pd.concat([parts["train"], parts["test"]], ignore_index=True)
     detect_drift(current, reference, p.drift, pipeline.stage_dir("drift"), p.train.seed)
 

@@ -130,6 +130,12 @@ def load_split(batch_id: str, ws: Workspace) -> Split:
     return Split(*(pd.read_parquet(out / f"{n}.parquet") for n in ("train", "dev", "test")))
 
 
+def load_train(batch_ids: list[str], ws: Workspace) -> pd.DataFrame | None:
+    """The train rows of accepted batches, in order (the drift reference); None if no ids."""
+    parts = [pd.read_parquet(ws.batch_dir(b) / "train.parquet") for b in batch_ids]
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
 def quarantine(result: Intake, report: dict, ws: Workspace) -> Path:
     """Move the batch's folder (raw bytes untouched) to data/quarantine/<id>/ with a report."""
     target = ws.quarantine_dir / result.batch_id

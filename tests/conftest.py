@@ -77,3 +77,15 @@ def prefect_server():
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """On a shared 2-core box, torch's OpenMP pool contending with another process runs
+    ~100x slower; one thread keeps the tiny model fast."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,14 +22,7 @@ MODEL = ModelConfig(base="tiny", max_length=32)
 FAST = TrainConfig(epochs=8, batch_size=16, lr=2e-3, warmup_ratio=0.0, seed=7, precision="fp32", device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On a shared 2-core box, torch's OpenMP pool contending with another process runs
-    ~100x slower; one thread keeps the tiny model at about a second per run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -23,14 +23,7 @@ def logits(clf: Classifier, texts=PROBE) -> torch.Tensor:
         return clf.model(**enc).logits
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On a shared 2-core box, torch's OpenMP pool contending with another process runs
-    ~100x slower; one thread keeps the tiny model fast."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
