@@ -105,7 +105,7 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     exam = load_exam(ws.exam_dir, [b for b in lineage if b != got.batch_id] + [got.batch_id])
     cand_sheets = evaluate_task(candidate.path, exam, got.batch_id, params.evaluate, params.model.max_length)
     champ_sheets = evaluate_task(champion_dir, exam, got.batch_id, params.evaluate, params.model.max_length)
-    decision = gate_task(cand_sheets, champ_sheets if champion else None, params.gate)
+    decision = gate_task(cand_sheets, champ_sheets if champion else None, params.gate, params.train.seed)
 
     details = {
         "drift": drift.to_dict(), "train": candidate.train.to_dict() | {"losses": None},

@@ -74,8 +74,11 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    tolerance: float = 0.02
+    tolerance: float = 0.05
     min_new_slice_score: float = 0.5
+    alpha: float = 0.05
+    min_slice_size: int = 30
+    n_resamples: int = 2000
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,9 @@ def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *,
         "all": sheet(exam, pred),
         "old": sheet(exam[~is_new], pred[~is_new]) if (~is_new).any() else None,
         "new": sheet(exam[is_new], pred[is_new]),
+        # per-row outcomes in exam order: the gate pairs candidate and champion on them
+        "rows": {"slice": exam["slice"].astype(str).tolist(), "is_new": is_new.tolist(),
+                 "correct": (exam["label"].astype(str).values == pred.astype(str).values).astype(int).tolist()},
     }
 
 

@@ -52,7 +52,7 @@ model: {base: tiny, max_length: 32}
 validate: {min_rows: 5}
 replay: {capacity: 200, ratio: 1.0}
 train: {epochs: 20, batch_size: 16, lr: 2.0e-3, warmup_ratio: 0.0, seed: 7, precision: fp32}
-gate: {tolerance: 0.1, min_new_slice_score: 0.5}
+gate: {tolerance: 0.2, min_new_slice_score: 0.5, min_slice_size: 10, n_resamples: 500}
 """
 
 
