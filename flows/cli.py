@@ -3,7 +3,8 @@
 `ratchet retrain --batch PATH` runs one batch and exits with the contract's code
 (0 promoted, 3 rejected, 4 quarantined, 5 skipped, 2 usage/config error, 1 unexpected).
 `ratchet demo` streams CLINC150 domains through the flow and prints what production
-knows after each one. `ratchet models ...` reads and moves registry aliases.
+knows after each one. `ratchet models ...` reads and moves registry aliases;
+`ratchet rollback` and `ratchet status` are the two an operator reaches for first.
 """
 
 from __future__ import annotations
@@ -138,9 +139,7 @@ def _machine() -> dict:
 @models_app.command("list")
 def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     """Versions, their parent, batch and overall exam accuracy; aliases marked."""
-    from tasks.registry import Registry
-
-    reg = Registry(workspace.resolve() / "models")
+    reg = _registry(workspace)
     marks: dict[str, list[str]] = {}
     for alias, version in reg.aliases().items():
         marks.setdefault(version, []).append(alias)
@@ -154,18 +153,92 @@ def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     console.print(table)
 
 
-@models_app.command("promote")
-def models_promote(version: str, workspace: Path = typer.Option(Path("."))) -> None:
-    """Point production at VERSION (rollback: promote the previous one)."""
-    from tasks.registry import Registry, RegistryError
+def _registry(workspace: Path):
+    from tasks.registry import Registry
 
-    reg = Registry(workspace.resolve() / "models")
+    return Registry(workspace.resolve() / "models")
+
+
+@models_app.command("promote")
+def models_promote(version: str, workspace: Path = typer.Option(Path(".")),
+                   reason: Optional[str] = typer.Option(None, help="Why; recorded in models/history.jsonl.")) -> None:
+    """Point production at VERSION (it must pass its integrity check)."""
+    from tasks.registry import RegistryError
+
     try:
-        reg.promote(version)
+        _registry(workspace).promote(version, reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
     console.print(f"production -> {version}")
+
+
+@app.command()
+def rollback(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+             reason: Optional[str] = typer.Option(None, help="Why; recorded in models/history.jsonl.")) -> None:
+    """Move production back to the `previous` version (exit 2 when there is none)."""
+    from tasks.registry import RegistryError
+
+    reg = _registry(workspace)
+    current = reg.resolve("production")
+    try:
+        version = reg.rollback(reason)
+    except RegistryError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    console.print(f"production -> {version} (was {current})")
+
+
+def status_report(reg) -> dict:
+    """Production, its lineage to the first batch, aliases and every version's integrity:
+    what an operator needs to know before trusting, or rolling back, production."""
+    from tasks.registry import RegistryError
+
+    production = reg.resolve("production")
+    integrity = {}
+    for version in reg.versions():
+        try:
+            integrity[version] = reg.verify(version)
+        except RegistryError as exc:  # e.g. a half-written directory without metadata.json
+            integrity[version] = [str(exc)]
+    history = reg.history()
+    return {"production": production, "lineage": reg.lineage(production) if production else [],
+            "aliases": reg.aliases(), "last_move": history[-1] if history else None,
+            "versions": [{"version": v, "intact": not p, "problems": p} for v, p in integrity.items()]}
+
+
+def _print_status(report: dict) -> None:
+    from rich.markup import escape
+
+    console.print(f"production: [bold]{report['production'] or 'none'}[/]")
+    aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(report["aliases"].items()))
+    console.print(f"aliases: {aliases or 'none'}")
+    if report["last_move"]:
+        m = report["last_move"]
+        console.print(f"last move: {m['time']} {m['alias']} {m['from']} -> {m['to']} by {m['who']}"
+                      + (f" ({m['reason']})" if m.get("reason") else ""))
+    table = Table(title="production lineage (newest first)")
+    for column in ["version", "batch", "source", "created", "exam accuracy"]:
+        table.add_column(column)
+    for e in report["lineage"]:
+        acc = e.get("accuracy")
+        table.add_row(str(e["version"]), str(e.get("batch_id") or ""), str(e.get("source") or ""),
+                      str(e.get("created_at") or ""), "-" if acc is None else f"{acc:.3f}")
+    console.print(table)
+    for v in report["versions"]:
+        verdict = "[green]intact[/]" if v["intact"] else "[red]" + escape("; ".join(v["problems"])) + "[/]"
+        console.print(f"  {v['version']}: {verdict}", highlight=False)
+
+
+@app.command()
+def status(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+           as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
+    """Production, its lineage back to the first batch, aliases, integrity of every version."""
+    report = status_report(_registry(workspace))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _print_status(report)
 
 
 def main() -> None:

@@ -142,8 +142,10 @@ def _reason(c: Check, cfg: GateConfig) -> str:
         return f"{c.name}: candidate {c.candidate:.4f} below {cfg.min_new_slice_score:.4f}"
     if c.verdict == "unjudgeable":
         return f"{c.name}: only {c.rows} held-out rows (< gate.min_slice_size), not judged"
+    p_name = "Holm-adjusted p" if c.kind == "old_slice" else "p"
     return (f"{c.name}: cannot rule out a drop beyond {cfg.tolerance:.3f} (candidate {c.candidate:.4f} "
-            f"vs champion {c.champion:.4f}, lower bound {c.lower_bound:+.4f}, p {c.p_value:.4f})")
+            f"vs champion {c.champion:.4f}, lower bound {c.lower_bound:+.4f}, "
+            f"{p_name} {c.p_value:.4f} >= alpha {cfg.alpha})")
 
 
 def decide(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 0) -> GateDecision:

@@ -9,17 +9,29 @@ models/
 A version appears by renaming a fully written temporary directory, and an alias moves
 by one `os.replace` of aliases.json, so a crash at any moment leaves production pointing
 at a complete version. Rollback is moving the alias back.
+
+Each version's metadata.json records the SHA-256 and size of every other file in it
+(`files`, `file_sizes`), and production only ever moves to a version that still matches
+them (tasks/integrity.py). Every alias move is appended to history.jsonl with its reason
+and who made it, so "why is production v0007?" has an answer. Each version also carries a
+README.md model card (tasks/card.py), hashed like any other file.
 """
 
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tasks.card import render_card
+from tasks.integrity import WEIGHTS_FILE, check, check_weights, manifest, sha256_file
+
+CARD_FILE = "README.md"
+LABEL_MAP_FILE = "label_map.json"  # as tasks.model writes it; not imported, to keep torch out
 
 
 class RegistryError(RuntimeError):
@@ -62,6 +74,10 @@ class Registry:
     def metadata(self, version: str) -> dict:
         return json.loads((self.path(version) / "metadata.json").read_text())
 
+    @property
+    def history_path(self) -> Path:
+        return self.root / "history.jsonl"
+
     def register(self, candidate_dir: Path, metadata: dict) -> str:
         """Copy a candidate in as the next immutable version; returns its name."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
@@ -70,13 +86,60 @@ class Registry:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.versions_dir))
         try:
             shutil.copytree(candidate_dir, staging, dirs_exist_ok=True)
-            metadata = {**metadata, "version": version, "weights_sha256": weights_sha256(staging)}
+            metadata = self._seal(staging, {**metadata, "version": version})
             (staging / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
             os.rename(staging, self.versions_dir / version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return version
+
+    def _seal(self, staging: Path, metadata: dict) -> dict:
+        """Write the model card, then hash every file (card included) into the metadata;
+        last, so the hashes describe exactly what is renamed into place."""
+        metadata = {**metadata, "weights_sha256": weights_sha256(staging)}
+        label_map = staging / LABEL_MAP_FILE
+        if "labels" not in metadata and label_map.is_file():
+            metadata["labels"] = json.loads(label_map.read_text()).get("labels", [])
+        lineage = [lineage_entry(metadata)] + self._parent_lineage(metadata.get("parent"), metadata["version"])
+        (staging / CARD_FILE).write_text(render_card(metadata, lineage))
+        files, sizes = manifest(staging)
+        return {**metadata, "files": files, "file_sizes": sizes}
+
+    def lineage(self, version: str) -> list[dict]:
+        """`version` and its ancestors, newest first, back to the first batch (or to the
+        first parent that is no longer in the registry)."""
+        meta = self.metadata(version)
+        return [lineage_entry(meta)] + self._parent_lineage(meta.get("parent"), version)
+
+    def _parent_lineage(self, parent: str | None, child: str) -> list[dict]:
+        out: list[dict] = []
+        seen = {child}
+        while parent and parent not in seen and (self.versions_dir / parent / "metadata.json").exists():
+            seen.add(parent)  # a hand-edited cycle must not hang `ratchet status`
+            meta = self.metadata(parent)
+            out.append(lineage_entry(meta))
+            parent = meta.get("parent")
+        return out
+
+    def verify(self, version: str) -> list[str]:
+        """Integrity problems of a stored version (missing, truncated or changed files);
+        empty when intact. Versions from before manifests: the weights hash only."""
+        root = self.path(version)
+        try:
+            meta = self.metadata(version)
+        except json.JSONDecodeError as exc:
+            return [f"unreadable metadata.json: {exc}"]
+        if "files" in meta:
+            return check(root, meta["files"], meta.get("file_sizes"))
+        return check_weights(root, meta.get("weights_sha256"))
+
+    def checked_path(self, version: str) -> Path:
+        """The path of a version that verifies; RegistryError naming each bad file otherwise."""
+        problems = self.verify(version)
+        if problems:
+            raise RegistryError(f"registry: {version} failed its integrity check: " + "; ".join(problems))
+        return self.path(version)
 
     def find_weights(self, sha256: str) -> str | None:
         """The version whose weights hash to `sha256`, if any (audits use this)."""
@@ -85,25 +148,58 @@ class Registry:
                 return version
         return None
 
-    def set_alias(self, alias: str, version: str) -> None:
+    def set_alias(self, alias: str, version: str, reason: str | None = None) -> None:
         """Point `alias` at `version` with one atomic replace of aliases.json."""
-        self._move({alias: version})
+        self._move({alias: version}, reason)
 
-    def promote(self, version: str) -> None:
-        """Make `version` production; the old production becomes `previous` (one write)."""
+    def promote(self, version: str, reason: str | None = None) -> None:
+        """Make `version` production; the old production becomes `previous` (one write).
+        A version that fails its integrity check is refused: production never moves onto
+        bytes that differ from the ones the gate judged."""
+        self.checked_path(version)
         current = self.resolve("production")
         moves = {"production": version}
         if current and current != version:
             moves["previous"] = current
-        self._move(moves)
+        self._move(moves, reason)
 
-    def _move(self, moves: dict[str, str]) -> None:
+    def rollback(self, reason: str | None = None) -> str:
+        """Move production back to `previous` (which then names the rolled-back version)."""
+        previous = self.resolve("previous")
+        if not previous:
+            raise RegistryError("registry: no 'previous' alias, nothing to roll back to")
+        self.promote(previous, reason)
+        return previous
+
+    def history(self) -> list[dict]:
+        """Every recorded alias move, oldest first."""
+        if not self.history_path.exists():
+            return []
+        return [json.loads(line) for line in self.history_path.read_text().splitlines() if line.strip()]
+
+    def _move(self, moves: dict[str, str], reason: str | None = None) -> None:
         for version in moves.values():
             self.path(version)  # never point at a missing version
-        aliases = {**self.aliases(), **moves}
+        before = self.aliases()
+        aliases = {**before, **moves}
         _atomic_write(self.aliases_path, json.dumps(aliases, indent=2, sort_keys=True))
         if "production" in moves:
             self._link_production(moves["production"])
+        self._record(before, moves, reason)
+
+    def _record(self, before: dict[str, str], moves: dict[str, str], reason: str | None) -> None:
+        """Append one history line per alias that actually moved. After the alias write:
+        a crash in between loses a log line, never leaves a line for a move not made."""
+        time = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        who = os.environ.get("USER") or "unknown"
+        lines = [json.dumps({"time": time, "alias": alias, "from": before.get(alias), "to": version,
+                             "reason": reason, "who": who})
+                 for alias, version in sorted(moves.items()) if before.get(alias) != version]
+        if lines:
+            with open(self.history_path, "a") as handle:
+                handle.write("\n".join(lines) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
 
     def _link_production(self, version: str) -> None:
         link = self.root / "production"
@@ -116,11 +212,15 @@ class Registry:
 
 def weights_sha256(model_dir: Path) -> str:
     """Content hash of a model's weights file: equal hashes mean bitwise-equal weights."""
-    digest = hashlib.sha256()
-    with open(Path(model_dir) / "model.safetensors", "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(Path(model_dir) / WEIGHTS_FILE)
+
+
+def lineage_entry(metadata: dict) -> dict:
+    """One row of a version's lineage, as the model card and `ratchet status` show it."""
+    overall = (metadata.get("metrics") or {}).get("overall") or {}
+    return {"version": metadata.get("version"), "batch_id": metadata.get("batch_id"),
+            "source": metadata.get("source"), "created_at": metadata.get("created_at"),
+            "accuracy": overall.get("accuracy") if isinstance(overall, dict) else None}
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -133,17 +233,18 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def register_and_promote(registry: Registry, candidate_dir: Path, metadata: dict) -> str:
-    """Register a candidate, prove the stored copy loads and predicts, then move
-    production to it. A version that fails to load is never pointed at."""
+def register_and_promote(registry: Registry, candidate_dir: Path, metadata: dict,
+                         reason: str = "gate passed") -> str:
+    """Register a candidate, prove the stored copy is intact, loads and predicts, then
+    move production to it. A version that fails any of these is never pointed at."""
     from tasks.model import load_classifier
 
     version = registry.register(Path(candidate_dir), metadata)
-    clf = load_classifier(registry.path(version))
+    clf = load_classifier(registry.checked_path(version))
     probe = clf.tokenizer(["ratchet smoke test"], return_tensors="pt")
     if clf.model(**probe).logits.shape[-1] != len(clf.labels):
         raise RegistryError(f"registry: {version} does not load into a working classifier")
-    registry.promote(version)
+    registry.promote(version, reason)
     return version
 
 

@@ -52,3 +52,91 @@ def test_models_list_and_rollback(workspace, toy, tmp_path, prefect_server):
 
     assert Registry(workspace / "models").resolve("production") == "v0001"
     assert runner.invoke(app, ["models", "promote", "v0009", "--workspace", str(workspace)]).exit_code == 2
+
+
+# --- promote, rollback, status on a registry built directly (no flow run needed) -------
+
+def registry_with(tmp_path, n: int):
+    """A workspace whose registry holds `n` chained versions, the last one production."""
+    from tasks.registry import Registry
+
+    ws = tmp_path / "ws"
+    reg = Registry(ws / "models")
+    parent = None
+    for i in range(n):
+        cand = tmp_path / f"cand{i}"
+        cand.mkdir()
+        (cand / "model.safetensors").write_bytes(bytes([i]) * 64)
+        meta = {"parent": parent, "batch_id": f"batch{i}", "source": f"b{i}.csv", "created_at": f"2025-01-0{i + 1}",
+                "metrics": {"overall": {"rows": 10, "accuracy": 0.9 + i / 100, "macro_f1": 0.9}}}
+        parent = reg.register(cand, meta)
+        reg.promote(parent, reason="setup")
+    return ws, reg
+
+
+def test_models_promote_records_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("USER", "ops")
+    ws, reg = registry_with(tmp_path, 3)
+    result = runner.invoke(app, ["models", "promote", "v0001", "--workspace", str(ws), "--reason", "incident 42"])
+    assert result.exit_code == 0, result.output
+    assert reg.aliases() == {"production": "v0001", "previous": "v0003"}
+    last = reg.history()[-1]
+    assert (last["alias"], last["from"], last["to"], last["reason"], last["who"]) == (
+        "production", "v0003", "v0001", "incident 42", "ops")
+
+
+def test_models_promote_refuses_a_tampered_version(tmp_path):
+    ws, reg = registry_with(tmp_path, 2)
+    weights = reg.path("v0001") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:10])
+    result = runner.invoke(app, ["models", "promote", "v0001", "--workspace", str(ws)])
+    assert result.exit_code == 2 and "model.safetensors" in result.output
+    assert reg.resolve("production") == "v0002"
+
+
+def test_rollback_moves_production_to_previous(tmp_path):
+    ws, reg = registry_with(tmp_path, 2)
+    result = runner.invoke(app, ["rollback", "--workspace", str(ws), "--reason", "bad answers"])
+    assert result.exit_code == 0, result.output
+    assert "v0001" in result.output
+    assert reg.aliases() == {"production": "v0001", "previous": "v0002"}
+    assert {h["reason"] for h in reg.history()[-2:]} == {"bad answers"}
+
+
+def test_rollback_without_previous_is_a_usage_error(tmp_path):
+    ws, reg = registry_with(tmp_path, 1)
+    result = runner.invoke(app, ["rollback", "--workspace", str(ws)])
+    assert result.exit_code == 2 and "previous" in result.output
+    assert reg.resolve("production") == "v0001"
+    empty = runner.invoke(app, ["rollback", "--workspace", str(tmp_path / "nothing")])
+    assert empty.exit_code == 2
+
+
+def test_status_json_lineage_aliases_integrity(tmp_path):
+    import json
+
+    ws, reg = registry_with(tmp_path, 3)
+    (reg.path("v0002") / "model.safetensors").write_bytes(b"x" * 64)
+    result = runner.invoke(app, ["status", "--json", "--workspace", str(ws)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["production"] == "v0003"
+    assert [e["version"] for e in report["lineage"]] == ["v0003", "v0002", "v0001"]
+    assert report["lineage"][-1] == {"version": "v0001", "batch_id": "batch0", "source": "b0.csv",
+                                     "created_at": "2025-01-01", "accuracy": 0.9}
+    assert report["aliases"] == {"production": "v0003", "previous": "v0002"}
+    intact = {v["version"]: v["intact"] for v in report["versions"]}
+    assert intact == {"v0001": True, "v0002": False, "v0003": True}
+    assert "model.safetensors" in report["versions"][1]["problems"][0]
+    assert report["last_move"]["to"] == "v0003"
+
+
+def test_status_human_and_empty(tmp_path):
+    ws, _ = registry_with(tmp_path, 2)
+    result = runner.invoke(app, ["status", "--workspace", str(ws)])
+    assert result.exit_code == 0, result.output
+    assert "production: v0002" in result.output and "batch0" in result.output and "intact" in result.output
+    import json
+
+    empty = runner.invoke(app, ["status", "--json", "--workspace", str(tmp_path / "none")])
+    assert empty.exit_code == 0 and json.loads(empty.output)["production"] is None

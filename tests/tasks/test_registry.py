@@ -1,5 +1,6 @@
 """Registry: immutable numbered versions, aliases that never point at a missing version,
-a production symlink, and promotion only of a version that loads."""
+a production symlink, promotion only of a version that loads and is intact, a history of
+every alias move, and a model card in every version."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def check_invariants(reg: Registry) -> None:
         assert not [p for p in reg.root.iterdir() if p.name.startswith((".aliases.json.", ".production.tmp"))]
     for version in versions:
         assert reg.metadata(version)["version"] == version
+        assert reg.verify(version) == [], version
 
 
 # --- versions -------------------------------------------------------------------------
@@ -268,3 +270,163 @@ def test_register_and_promote_never_points_at_a_broken_version(tmp_path, model_d
     assert reg.aliases_path.read_bytes() == before
     assert (reg.root / "production").resolve() == reg.path(good).resolve()
     check_invariants(reg)
+
+
+# --- integrity ------------------------------------------------------------------------
+
+def flip_byte(path, at: int = 10) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_register_records_every_file_hash(tmp_path):
+    reg = Registry(tmp_path / "models")
+    version = reg.register(fake_candidate(tmp_path, "a"), {})
+    meta = reg.metadata(version)
+    on_disk = digest(reg.path(version))
+    del on_disk["metadata.json"]
+    assert meta["files"] == on_disk
+    assert set(meta["files"]) == {"model.safetensors", "payload.txt", "sub/nested.txt", "README.md"}
+    assert meta["weights_sha256"] == meta["files"]["model.safetensors"]
+    assert meta["file_sizes"]["payload.txt"] == 1
+    assert reg.verify(version) == [] and reg.checked_path(version) == reg.path(version)
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (flip_byte, "hash mismatch: model.safetensors"),
+    (lambda p: p.write_bytes(p.read_bytes()[:50]), "truncated: model.safetensors"),
+    (lambda p: p.unlink(), "missing file: model.safetensors"),
+])
+def test_damaged_weights_are_refused_naming_the_file(tmp_path, damage, expected):
+    reg = Registry(tmp_path / "models")
+    for tag in "ab":
+        reg.register(fake_candidate(tmp_path, tag), {})
+    reg.promote("v0001")
+    damage(reg.path("v0002") / "model.safetensors")
+    problems = reg.verify("v0002")
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+    with pytest.raises(RegistryError, match="v0002.*model.safetensors"):
+        reg.checked_path("v0002")
+    before = reg.aliases_path.read_bytes()
+    with pytest.raises(RegistryError, match="model.safetensors"):
+        reg.promote("v0002")
+    assert reg.aliases_path.read_bytes() == before and reg.history()[-1]["to"] == "v0001"
+    assert reg.verify("v0001") == []
+
+
+def test_changed_or_added_other_files_are_problems_too(tmp_path):
+    reg = Registry(tmp_path / "models")
+    version = reg.register(fake_candidate(tmp_path, "a"), {})
+    (reg.path(version) / "sub" / "nested.txt").write_text("xx")  # same size, other bytes
+    (reg.path(version) / "adapter.bin").write_bytes(b"surprise")
+    problems = reg.verify(version)
+    assert any(p.startswith("hash mismatch: sub/nested.txt") for p in problems), problems
+    assert any(p.startswith("unexpected file: adapter.bin") for p in problems), problems
+
+
+def test_versions_without_a_manifest_check_only_the_weights_hash(tmp_path):
+    reg = Registry(tmp_path / "models")
+    version = reg.register(fake_candidate(tmp_path, "a"), {})
+    meta_path = reg.path(version) / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["files"], meta["file_sizes"]
+    meta_path.write_text(json.dumps(meta))
+    (reg.path(version) / "payload.txt").write_text("changed")  # not recorded, so not checked
+    assert reg.verify(version) == []
+    flip_byte(reg.path(version) / "model.safetensors")
+    assert reg.verify(version)[0].startswith("hash mismatch: model.safetensors")
+    del meta["weights_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    assert reg.verify(version) == []  # nothing recorded, nothing to hold it to
+
+
+def test_register_and_promote_refuses_a_copy_damaged_after_registration(tmp_path, model_dir, monkeypatch):
+    reg = Registry(tmp_path / "models")
+    good = register_and_promote(reg, model_dir, {})
+    register = Registry.register
+
+    def register_then_damage(self, candidate_dir, metadata):
+        version = register(self, candidate_dir, metadata)
+        flip_byte(self.versions_dir / version / "model.safetensors", at=1000)
+        return version
+
+    monkeypatch.setattr(Registry, "register", register_then_damage)
+    with pytest.raises(RegistryError, match="model.safetensors"):
+        register_and_promote(reg, model_dir, {})
+    assert reg.resolve("production") == good
+
+
+# --- history and rollback -------------------------------------------------------------
+
+def test_every_alias_move_is_recorded_with_reason_and_who(tmp_path, monkeypatch):
+    monkeypatch.setenv("USER", "alice")
+    reg = Registry(tmp_path / "models")
+    for tag in "abc":
+        reg.register(fake_candidate(tmp_path, tag), {})
+    reg.promote("v0001", reason="first")
+    reg.promote("v0001", reason="again")  # nothing moves, nothing recorded
+    reg.promote("v0002")
+    monkeypatch.delenv("USER")
+    assert reg.rollback(reason="v0002 misbehaves") == "v0001"
+    moves = [(h["alias"], h["from"], h["to"], h["reason"], h["who"]) for h in reg.history()]
+    assert moves == [
+        ("production", None, "v0001", "first", "alice"),
+        ("previous", None, "v0001", None, "alice"), ("production", "v0001", "v0002", None, "alice"),
+        ("previous", "v0001", "v0002", "v0002 misbehaves", "unknown"),
+        ("production", "v0002", "v0001", "v0002 misbehaves", "unknown"),
+    ]
+    assert all(h["time"].endswith("+00:00") for h in reg.history())
+    assert reg.aliases() == {"production": "v0001", "previous": "v0002"}
+    check_invariants(reg)
+
+
+def test_rollback_without_previous_is_refused(tmp_path):
+    reg = Registry(tmp_path / "models")
+    with pytest.raises(RegistryError, match="previous"):
+        reg.rollback()
+    reg.register(fake_candidate(tmp_path, "a"), {})
+    reg.promote("v0001")
+    with pytest.raises(RegistryError, match="previous"):
+        reg.rollback()
+    assert reg.resolve("production") == "v0001" and len(reg.history()) == 1
+
+
+def test_register_and_promote_records_gate_passed(tmp_path, model_dir):
+    reg = Registry(tmp_path / "models")
+    register_and_promote(reg, model_dir, {})
+    assert [(h["alias"], h["to"], h["reason"]) for h in reg.history()] == [("production", "v0001", "gate passed")]
+
+
+# --- lineage and model card -----------------------------------------------------------
+
+def test_lineage_walks_parents_to_the_first_batch(tmp_path):
+    reg = Registry(tmp_path / "models")
+    parent = None
+    for i in range(3):
+        meta = {"parent": parent, "batch_id": f"b{i}", "source": f"s{i}.csv", "created_at": f"2025-01-0{i + 1}",
+                "metrics": {"overall": {"accuracy": 0.5 + i / 10, "rows": 10, "macro_f1": 0.5}}}
+        parent = reg.register(fake_candidate(tmp_path, str(i)), meta)
+    lineage = reg.lineage("v0003")
+    assert [e["version"] for e in lineage] == ["v0003", "v0002", "v0001"]
+    assert lineage[-1] == {"version": "v0001", "batch_id": "b0", "source": "s0.csv",
+                           "created_at": "2025-01-01", "accuracy": 0.5}
+    card = (reg.path("v0003") / "README.md").read_text()
+    assert all(f"| {v} | b{i} | s{i}.csv |" in card for i, v in enumerate(["v0001", "v0002", "v0003"]))
+
+
+def test_lineage_survives_a_missing_parent_and_a_cycle(tmp_path):
+    reg = Registry(tmp_path / "models")
+    reg.register(fake_candidate(tmp_path, "a"), {"parent": "v0002"})  # a cycle once v0002 exists
+    reg.register(fake_candidate(tmp_path, "b"), {"parent": "v0001"})
+    assert [e["version"] for e in reg.lineage("v0002")] == ["v0002", "v0001"]
+    reg.register(fake_candidate(tmp_path, "c"), {"parent": "v0042"})
+    assert [e["version"] for e in reg.lineage("v0003")] == ["v0003"]
+
+
+def test_real_version_carries_a_card_with_its_labels(tmp_path, model_dir):
+    reg = Registry(tmp_path / "models")
+    version = register_and_promote(reg, model_dir, {"batch_id": "b1"})
+    card = (reg.root / "production" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert "`weather`, `music`" in card and reg.metadata(version)["labels"] == ["weather", "music"]
