@@ -99,7 +99,7 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     drift = drift_task(pd.concat([split.train, split.test], ignore_index=True), reference,
                        params.drift, ws.run_dir(run_id), params.train.seed)
 
-    champion_dir = reg.path(champion) if champion else None
+    champion_dir = reg.checked_path(champion) if champion else None  # never train on a damaged champion
     candidate = finetune_task(champion_dir, split.train, ws.scratch_dir / run_id, params)
     # --force on a batch already in the lineage must not put its held-out rows in twice
     exam = load_exam(ws.exam_dir, [b for b in lineage if b != got.batch_id] + [got.batch_id])
