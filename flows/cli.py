@@ -108,8 +108,7 @@ def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), 
     started = time.perf_counter()
     outcomes = stream_clinc150(domains=domains, workspace=str(workspace), overrides=_overrides(set_))
     seconds = time.perf_counter() - started
-    slices = sorted({s for o in outcomes for s in production_scores(o)}, key=lambda s: min(
-        i for i, o in enumerate(outcomes) if s in production_scores(o)))
+    slices = list(dict.fromkeys(s for o in outcomes for s in production_scores(o)))  # arrival order
     table = Table(title=f"Production accuracy per slice after each batch ({seconds / 60:.1f} min)")
     for column in ["batch", "decision", "production", *slices]:
         table.add_column(column)

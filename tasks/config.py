@@ -9,6 +9,8 @@ the key, so a typo never silently becomes a default.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,17 +115,14 @@ _CHOICES = {
 
 
 def _coerce(value: Any, kind: type, key: str) -> Any:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is float and isinstance(value, str):
-        try:  # YAML 1.1 reads `1e-4` (no dot) as a string; accept what is clearly a number
+    # bool is an int to Python; YAML's `yes` must not pass as 1 (nor 1 as a flag)
+    if isinstance(value, bool) != (kind is bool):
+        raise ConfigError(f"params: {key} must be {kind.__name__}, got {value!r}")
+    if kind is float and isinstance(value, (int, str)):
+        try:  # ints widen; YAML 1.1 reads `1e-4` (no dot) as a string
             return float(value)
         except ValueError:
             pass
-    if kind is bool or isinstance(value, bool):
-        if isinstance(value, bool) and kind is bool:
-            return value
-        raise ConfigError(f"params: {key} must be {kind.__name__}, got {value!r}")
     if not isinstance(value, kind):
         raise ConfigError(f"params: {key} must be {kind.__name__}, got {value!r}")
     return value
@@ -195,8 +194,5 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
 
 def params_hash(params: Params) -> str:
     """A short stable hash of the effective parameters, recorded in lineage."""
-    import hashlib
-    import json
-
     blob = json.dumps(params.to_dict(), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -8,6 +8,7 @@ two score sheets. Labels a model has never seen simply count as errors for it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -82,8 +83,6 @@ def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *,
 
 def load_exam(exam_dir, batch_ids: list[str]) -> pd.DataFrame:
     """The exam for a list of batch ids, in that order."""
-    from pathlib import Path
-
     parts = [pd.read_parquet(Path(exam_dir) / f"{b}.parquet") for b in batch_ids]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["text", "label", "slice", "batch_id"])
 

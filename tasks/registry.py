@@ -97,14 +97,18 @@ class Registry:
     def _seal(self, staging: Path, metadata: dict) -> dict:
         """Write the model card, then hash every file (card included) into the metadata;
         last, so the hashes describe exactly what is renamed into place."""
-        metadata = {**metadata, "weights_sha256": weights_sha256(staging)}
+        files, sizes = manifest(staging)  # each file is read and hashed once, here
+        if WEIGHTS_FILE not in files:
+            raise RegistryError(f"registry: the candidate has no {WEIGHTS_FILE}")
+        metadata = {**metadata, "weights_sha256": files[WEIGHTS_FILE]}
         label_map = staging / LABEL_MAP_FILE
         if "labels" not in metadata and label_map.is_file():
             metadata["labels"] = json.loads(label_map.read_text()).get("labels", [])
         lineage = [lineage_entry(metadata)] + self._parent_lineage(metadata.get("parent"), metadata["version"])
-        (staging / CARD_FILE).write_text(render_card(metadata, lineage))
-        files, sizes = manifest(staging)
-        return {**metadata, "files": files, "file_sizes": sizes}
+        card = staging / CARD_FILE
+        card.write_text(render_card(metadata, lineage))
+        files[CARD_FILE], sizes[CARD_FILE] = sha256_file(card), card.stat().st_size
+        return {**metadata, "files": dict(sorted(files.items())), "file_sizes": dict(sorted(sizes.items()))}
 
     def lineage(self, version: str) -> list[dict]:
         """`version` and its ancestors, newest first, back to the first batch (or to the
