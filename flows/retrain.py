@@ -4,6 +4,8 @@ intake -> validate -> (quarantine | split) -> drift -> finetune -> evaluate -> g
 
 Composition only: every step is a task from `tasks/`; this module decides the order,
 what each outcome means, and writes the decision JSON that every outcome leaves behind.
+Each stage of the path has one small function below; `retrain` strings them together
+and stops at the first one that settles the outcome.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from tasks.audit import record_data, version_metadata
-from tasks.config import load_params
+from tasks.config import Params, load_params
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import gate_task
-from tasks.intake import intake_task, is_known, load_train, quarantine, split_task
+from tasks.intake import Intake, Split, intake_task, is_known, load_train, quarantine, split_task
 from tasks.registry import Registry, promote_task
 from tasks.validate import validate_task
 from tasks.workspace import Workspace
@@ -50,16 +52,34 @@ class Outcome:
         return {**asdict(self), "exit_code": self.exit_code}
 
 
-def _finish(outcome: Outcome, ws: Workspace) -> Outcome:
+@dataclass
+class Run:
+    """What the stages of one run share: where, with which params, against which champion."""
+
+    ws: Workspace
+    params: Params
+    reg: Registry
+    champion: str | None
+    source: str
+    run_id: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def outcome(self, status: str, batch_id: str, reasons: list[str], version: str | None = None) -> Outcome:
+        production = version if status == "promoted" else self.champion
+        return Outcome(status, batch_id, self.run_id, reasons, version=version,
+                       production=production, details=self.details)
+
+
+def _finish(outcome: Outcome, ws: Workspace) -> dict:
     run_dir = ws.run_dir(outcome.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "decision.json").write_text(json.dumps(outcome.to_dict(), indent=2, default=str))
     get_run_logger().info("batch %s: %s (%s)", outcome.batch_id, outcome.status, "; ".join(outcome.reasons))
-    return outcome
+    return outcome.to_dict()
 
 
-def _lineage(reg: Registry, champion: str | None) -> list[str]:
-    return reg.metadata(champion)["batch_ids"] if champion else []
+def _stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
 
 
 def _run_name() -> str:
@@ -68,59 +88,85 @@ def _run_name() -> str:
     return f"retrain-{Path(str(flow_run.parameters.get('batch', 'batch'))).stem}"
 
 
+def _validate_stage(run: Run, got: Intake) -> Outcome | None:
+    """Validation; a rejected batch is quarantined byte-for-byte and settles the run."""
+    checked = validate_task(got.frame, run.params.validate, got.parse_error)
+    run.details["validation"] = checked.to_dict()
+    if checked.passed:
+        return None
+    report = {"batch_id": got.batch_id, "source": run.source, "validation": checked.to_dict()}
+    run.details["quarantine"] = str(quarantine(got, report, run.ws))
+    return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
+
+
+def _drift_stage(run: Run, split: Split, lineage: list[str]) -> Outcome | None:
+    """Drift of the new batch against the data behind production (reported, not yet a policy)."""
+    reference = load_train(lineage, run.ws)
+    drift = drift_task(pd.concat([split.train, split.test], ignore_index=True), reference,
+                       run.params.drift, run.ws.run_dir(run.run_id), run.params.train.seed)
+    run.details["drift"] = drift.to_dict()
+    return None
+
+
+def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
+    """Fine-tune a candidate from the champion, examine both on every held-out slice, gate."""
+    params = run.params
+    champion_dir = run.reg.checked_path(run.champion) if run.champion else None  # never train on a damaged champion
+    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / run.run_id, params)
+    # --force on a batch already in the lineage must not put its held-out rows in twice
+    exam = load_exam(run.ws.exam_dir, [b for b in lineage if b != batch_id] + [batch_id])
+    cand_sheets = evaluate_task(candidate.path, exam, batch_id, params.evaluate, params.model.max_length)
+    champ_sheets = evaluate_task(champion_dir, exam, batch_id, params.evaluate, params.model.max_length)
+    decision = gate_task(cand_sheets, champ_sheets if run.champion else None, params.gate, params.train.seed)
+    run.details.update({
+        "train": candidate.train.to_dict() | {"losses": None}, "new_labels": candidate.new_labels,
+        "gate": decision.to_dict(), "gate_table": decision.markdown(),
+        "candidate_scores": cand_sheets["all"], "champion_scores": champ_sheets["all"],
+    })
+    return candidate, cand_sheets, decision
+
+
+def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: str, lineage: list[str]) -> str:
+    """Register the candidate as a new immutable version and move production to it."""
+    metadata = version_metadata(
+        run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
+        metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
+        run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws))
+    return promote_task(run.reg, Path(candidate.path), metadata)
+
+
 @flow(name="retrain", flow_run_name=_run_name, log_prints=True)
 def retrain(batch: str, workspace: str = ".", force: bool = False,
             overrides: dict[str, Any] | None = None) -> dict:
     """Run one batch through Ratchet; returns the decision (also in reports/<run>/decision.json)."""
     ws = Workspace.at(workspace)
-    params = load_params(ws.params_path, overrides)
     reg = Registry(ws.models_dir)
-    champion = reg.resolve("production")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run = Run(ws=ws, params=load_params(ws.params_path, overrides), reg=reg,
+              champion=reg.resolve("production"), source=str(batch))
 
     known = is_known(batch, ws)
     if known and not force:
-        return _finish(Outcome("skipped", known, f"{stamp}-{known}", [
-            f"batch {known} was already accepted; use --force to train on it again"],
-            production=champion), ws).to_dict()
+        run.run_id = f"{_stamp()}-{known}"
+        return _finish(run.outcome("skipped", known, [
+            f"batch {known} was already accepted; use --force to train on it again"]), ws)
 
     got = intake_task(batch, ws)
-    run_id = f"{stamp}-{got.batch_id}"
-    checked = validate_task(got.frame, params.validate, got.parse_error)
-    if not checked.passed:
-        report = {"batch_id": got.batch_id, "source": str(batch), "validation": checked.to_dict()}
-        where = quarantine(got, report, ws)
-        return _finish(Outcome("quarantined", got.batch_id, run_id, checked.summary().splitlines(),
-                               production=champion, details={"quarantine": str(where), **report}), ws).to_dict()
+    run.run_id = f"{_stamp()}-{got.batch_id}"
+    settled = _validate_stage(run, got)
+    if settled:
+        return _finish(settled, ws)
 
-    split = split_task(got.frame, got.batch_id, params.intake.test_share, ws)
-    lineage = _lineage(reg, champion)
-    reference = load_train(lineage, ws)
-    drift = drift_task(pd.concat([split.train, split.test], ignore_index=True), reference,
-                       params.drift, ws.run_dir(run_id), params.train.seed)
+    split = split_task(got.frame, got.batch_id, run.params.intake.test_share, ws)
+    lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
+    settled = _drift_stage(run, split, lineage)
+    if settled:
+        return _finish(settled, ws)
 
-    champion_dir = reg.checked_path(champion) if champion else None  # never train on a damaged champion
-    candidate = finetune_task(champion_dir, split.train, ws.scratch_dir / run_id, params)
-    # --force on a batch already in the lineage must not put its held-out rows in twice
-    exam = load_exam(ws.exam_dir, [b for b in lineage if b != got.batch_id] + [got.batch_id])
-    cand_sheets = evaluate_task(candidate.path, exam, got.batch_id, params.evaluate, params.model.max_length)
-    champ_sheets = evaluate_task(champion_dir, exam, got.batch_id, params.evaluate, params.model.max_length)
-    decision = gate_task(cand_sheets, champ_sheets if champion else None, params.gate, params.train.seed)
-
-    details = {
-        "drift": drift.to_dict(), "train": candidate.train.to_dict() | {"losses": None},
-        "new_labels": candidate.new_labels, "gate": decision.to_dict(), "gate_table": decision.markdown(),
-        "candidate_scores": cand_sheets["all"], "champion_scores": champ_sheets["all"],
-    }
-    if not decision.promote:
+    candidate, cand_sheets, decision = _train_and_judge(run, split, got.batch_id, lineage)
+    try:
+        if not decision.promote:
+            return _finish(run.outcome("rejected", got.batch_id, decision.reasons), ws)
+        version = _promote_stage(run, candidate, cand_sheets, decision, got.batch_id, lineage)
+        return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), ws)
+    finally:
         shutil.rmtree(candidate.path, ignore_errors=True)
-        return _finish(Outcome("rejected", got.batch_id, run_id, decision.reasons,
-                               production=champion, details=details), ws).to_dict()
-    metadata = version_metadata(
-        params, parent=champion, lineage=lineage, batch_id=got.batch_id, source=str(batch),
-        metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
-        run_id=run_id, root=ws.root, data_hash=record_data(ws))
-    version = promote_task(reg, Path(candidate.path), metadata)
-    shutil.rmtree(candidate.path, ignore_errors=True)
-    return _finish(Outcome("promoted", got.batch_id, run_id, decision.reasons, version=version,
-                           production=version, details=details), ws).to_dict()

@@ -1,0 +1,137 @@
+"""Storage: the one place that knows local paths from `s3://bucket/key` URIs.
+
+Landing zones, the registry mirror and the DVC remote may all live on S3-compatible
+storage. Every stage that reads or writes such a location goes through these functions,
+so endpoint and credentials are resolved in one way: boto3's standard settings
+(`AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID`, ...), optionally an
+explicit endpoint URL from params.yaml. Creating no client at import time.
+
+Conditional writes (`put_bytes(..., if_match=ETAG)` / `if_none_match=True`) are how two
+writers avoid silently overwriting each other: S3 answers 412 and we raise `Conflict`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+S3_PREFIX = "s3://"
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+
+
+class StorageError(RuntimeError):
+    """A storage location could not be read or written; the message names it."""
+
+
+class Conflict(StorageError):
+    """A conditional write lost: someone else changed the object first."""
+
+
+@dataclass(frozen=True)
+class S3Object:
+    uri: str
+    size: int
+    etag: str
+    last_modified: float
+
+
+def is_s3(uri: str | Path) -> bool:
+    return str(uri).startswith(S3_PREFIX)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> ("bucket", "some/key")."""
+    if not is_s3(uri):
+        raise StorageError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri[len(S3_PREFIX):].partition("/")
+    if not bucket:
+        raise StorageError(f"s3 URI without a bucket: {uri}")
+    return bucket, key
+
+
+def s3_client(endpoint_url: str | None = None):
+    """A boto3 S3 client; endpoint and credentials from the standard AWS settings unless
+    `endpoint_url` is given (params.yaml may name one for S3-compatible stores)."""
+    import boto3
+    from botocore.config import Config
+
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    return boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region,
+                        config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def read_bytes(uri: str | Path, *, endpoint_url: str | None = None) -> bytes:
+    """The bytes at a local path or an s3:// URI."""
+    if not is_s3(uri):
+        return Path(uri).read_bytes()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(str(uri))
+    try:
+        return s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        raise StorageError(f"cannot read {uri}: {_error_code(exc) or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+
+
+def put_bytes(uri: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False,
+              endpoint_url: str | None = None) -> str:
+    """Write bytes to s3:// (or a local path); returns the new ETag (local: ""). With
+    `if_match` the write succeeds only while the object still has that ETag; with
+    `if_none_match` only when no object exists yet. A lost race raises `Conflict`."""
+    if not is_s3(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri).write_bytes(data)
+        return ""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    extra = {}
+    if if_match:
+        extra["IfMatch"] = if_match
+    if if_none_match:
+        extra["IfNoneMatch"] = "*"
+    try:
+        return s3_client(endpoint_url).put_object(Bucket=bucket, Key=key, Body=data, **extra)["ETag"]
+    except ClientError as exc:
+        if _error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+            raise Conflict(f"{uri} changed under us (conditional write refused)") from exc
+        raise StorageError(f"cannot write {uri}: {_error_code(exc) or exc}") from exc
+
+
+def upload_file(path: Path, uri: str, *, endpoint_url: str | None = None) -> None:
+    """Upload one file; boto3 switches to multipart above MULTIPART_THRESHOLD."""
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, key = split_s3(uri)
+    s3_client(endpoint_url).upload_file(str(path), bucket, key,
+                                        Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD))
+
+
+def head(uri: str, *, endpoint_url: str | None = None) -> S3Object | None:
+    """Size and ETag of an s3:// object, or None when it does not exist."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        got = s3_client(endpoint_url).head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if _error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
+            return None
+        raise StorageError(f"cannot stat {uri}: {_error_code(exc) or exc}") from exc
+    return S3Object(uri, got["ContentLength"], got["ETag"], got["LastModified"].timestamp())
+
+
+def list_objects(prefix_uri: str, *, endpoint_url: str | None = None) -> list[S3Object]:
+    """Every object under an s3:// prefix, oldest first (arrival order), then by key."""
+    bucket, prefix = split_s3(prefix_uri)
+    pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    found = [S3Object(f"{S3_PREFIX}{bucket}/{o['Key']}", o["Size"], o["ETag"], o["LastModified"].timestamp())
+             for page in pages for o in page.get("Contents", [])]
+    return sorted(found, key=lambda o: (o.last_modified, o.uri))
