@@ -67,6 +67,19 @@ class TrainConfig:
     seed: int = 13
     precision: str = "auto"
     device: str = "auto"
+    # 0 = no limit; otherwise training stops after this many optimizer steps
+    max_steps: int = 0
+    # epochs without a better dev loss before stopping (0 = off); best dev weights are kept
+    early_stopping_patience: int = 0
+    # share of the new train rows held out as dev when the batch brings no dev rows
+    dev_share: float = 0.1
+    # LwF: weight of the KL term to the champion's outputs on replayed rows (0 = off)
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
+    # embeddings + this many lowest encoder layers get no updates
+    freeze_layers: int = 0
+    # optimizer steps between checkpoints (0 = none); a rerun resumes from the last one
+    checkpoint_every: int = 100
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,7 @@ class Params:
 _CHOICES = {
     ("train", "precision"): {"auto", "fp32", "bf16"},
     ("train", "device"): {"auto", "cpu", "cuda"},
-    ("replay", "strategy"): {"reservoir"},
+    ("replay", "strategy"): {"reservoir", "class_balanced", "slice_balanced"},
 }
 
 
@@ -168,6 +181,8 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
     params = Params(**built)
     if params.train.batch_size < 1 or params.train.epochs < 1:
         raise ConfigError("params: train.batch_size and train.epochs must be at least 1")
+    if not 0 <= params.train.dev_share < 1 or params.train.distill_temperature <= 0:
+        raise ConfigError("params: train.dev_share must be in [0, 1) and train.distill_temperature above 0")
     if params.replay.capacity < 0:
         raise ConfigError("params: replay.capacity must not be negative")
     return params

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tasks.config import ModelConfig, TrainConfig, load_params
-from tasks.finetune import finetune, length_bucketed_batches, pick_device, train_candidate, training_rows
+from tasks.finetune import TrainSet, finetune, length_bucketed_batches, pick_device, train_candidate, training_rows
 from tasks.intake import split_batch
 from tasks.model import load_base, load_classifier
 from tasks.replay import ReplayBuffer
@@ -114,7 +114,7 @@ def test_finetune_lowers_loss_and_reports(toy):
     clf = load_base("tiny", ["weather", "music", "food"], seed=1)
     before = _loss(clf, rows)
     cfg = TrainConfig(**{**FAST.__dict__, "epochs": 20})
-    report = finetune(clf, rows, replay_rows=10, cfg=cfg, model_cfg=MODEL)
+    report = finetune(clf, TrainSet(rows, replay_rows=10), cfg=cfg, model_cfg=MODEL)
     after = _loss(clf, rows)
     assert after < before * 0.5, (before, after)
     steps = math.ceil(len(rows) / cfg.batch_size) * cfg.epochs
@@ -134,7 +134,7 @@ def test_finetune_bitwise_deterministic(toy):
     states, losses = [], []
     for _ in range(2):
         clf = load_base("tiny", ["weather", "music"], seed=3)
-        report = finetune(clf, rows, replay_rows=0, cfg=FAST, model_cfg=MODEL)
+        report = finetune(clf, TrainSet(rows), cfg=FAST, model_cfg=MODEL)
         states.append(clf.model.state_dict())
         losses.append(report.losses)
     assert losses[0] == losses[1]
@@ -148,7 +148,7 @@ def test_finetune_seed_matters(toy):
     weights = []
     for seed in (1, 2):
         clf = load_base("tiny", ["weather", "music"], seed=0)
-        finetune(clf, rows, replay_rows=0, cfg=TrainConfig(**{**FAST.__dict__, "seed": seed, "epochs": 2}),
+        finetune(clf, TrainSet(rows), cfg=TrainConfig(**{**FAST.__dict__, "seed": seed, "epochs": 2}),
                  model_cfg=MODEL)
         weights.append(clf.model.classifier.weight.detach().clone())
     assert not torch.equal(*weights)
