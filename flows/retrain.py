@@ -21,7 +21,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from tasks.audit import record_data, version_metadata
-from tasks.config import Params, load_params
+from tasks.config import Params, load_params, params_hash
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
@@ -112,7 +112,12 @@ def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
     """Fine-tune a candidate from the champion, examine both on every held-out slice, gate."""
     params = run.params
     champion_dir = run.reg.checked_path(run.champion) if run.champion else None  # never train on a damaged champion
-    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / run.run_id, params)
+    # keyed by inputs, not by run, so a rerun after a kill resumes the checkpoints there
+    key = f"{batch_id}-{run.champion or 'base'}-{params_hash(params)}"
+    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / key, params, split.dev)
+    run_dir = run.ws.run_dir(run.run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train_report.json").write_text(json.dumps(candidate.train.to_dict(), indent=2))
     # --force on a batch already in the lineage must not put its held-out rows in twice
     exam = load_exam(run.ws.exam_dir, [b for b in lineage if b != batch_id] + [batch_id])
     cand_sheets = evaluate_task(candidate.path, exam, batch_id, params.evaluate, params.model.max_length)

@@ -19,11 +19,13 @@ from tasks.model import Classifier
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) over the teacher's labels at `temperature`, scaled by T^2
-    so its gradient keeps the size of the cross-entropy's (Hinton et al., 2015). New
-    labels the teacher never had are left to the cross-entropy."""
+    """KL from the teacher's distribution over its (old) labels to the student's, at
+    `temperature`, scaled by T^2 so its gradient keeps the size of the cross-entropy's
+    (Hinton et al., 2015). The student is normalised over all its labels, new ones
+    included, so probability it moves from old labels to new ones on old rows (the bias
+    that drives most forgetting in class-incremental learning) is penalised too."""
     old = teacher_logits.shape[-1]
-    log_student = F.log_softmax(student_logits[:, :old].float() / temperature, dim=-1)
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)[:, :old]
     log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature ** 2
 

@@ -74,6 +74,7 @@ def _starting_point(champion_dir, batch_labels: list[str], params: Params):
 
 
 def _teacher(champion_dir, replay: pd.DataFrame, params: Params) -> np.ndarray | None:
+    """The champion's logits on the replayed rows, when distillation is on."""
     if champion_dir is None or not params.train.distill_weight or not len(replay):
         return None
     device, _ = pick_device(params.train)
@@ -117,7 +118,8 @@ def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     clf, parent_buffer, new_labels = _starting_point(champion_dir, batch_labels, params)
     buffer = derive_buffer(parent_buffer, params.replay.strategy, capacity=params.replay.capacity, seed=cfg.seed)
     replay = buffer.sample(int(round(params.replay.ratio * len(train_rows))))
-    data = TrainSet(training_rows(train_rows, replay), len(replay), dev, _teacher(champion_dir, replay, params))
+    rows = training_rows(train_rows, replay)
+    data = TrainSet(rows, len(replay), dev, _teacher(champion_dir, replay, params))
     done = _finished(out_dir, fingerprint(clf, data, cfg, params.model))
     if done:
         return done

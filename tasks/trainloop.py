@@ -42,7 +42,7 @@ class TrainSet:
     rows: pd.DataFrame                  # text, label
     replay_rows: int = 0
     dev: pd.DataFrame | None = None     # early stopping; never trained on
-    teacher: np.ndarray | None = None   # champion logits for each replayed row (distillation)
+    teacher: np.ndarray | None = None   # champion logits for the last len(teacher) rows (replayed)
 
     @property
     def new_rows(self) -> int:
@@ -191,11 +191,14 @@ def _loss(clf, inputs, target, idx, data: TrainSet, teacher, cfg: TrainConfig) -
     logits = clf.model(**inputs).logits
     loss = F.cross_entropy(logits.float(), target)
     if teacher is not None:
-        replayed = idx >= data.new_rows
-        if replayed.any():
-            mask = torch.as_tensor(replayed, device=logits.device)
-            old = teacher[torch.as_tensor(idx[replayed] - data.new_rows)].to(logits.device)
-            loss = loss + cfg.distill_weight * distill_loss(logits[mask], old, cfg.distill_temperature)
+        start = len(data.rows) - len(teacher)  # the teacher covers the last rows (replayed, or all)
+        taught = idx >= start
+        if taught.any():
+            mask = torch.as_tensor(taught, device=logits.device)
+            old = teacher[torch.as_tensor(idx[taught] - start)].to(logits.device)
+            # per-row weight: a taught row counts as much as in the cross-entropy's mean
+            share = float(taught.sum()) / len(idx)
+            loss = loss + cfg.distill_weight * share * distill_loss(logits[mask], old, cfg.distill_temperature)
     return loss
 
 
@@ -230,7 +233,7 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     dev = _encode(clf, data.dev, model_cfg.max_length) if data.dev is not None and len(data.dev) else None
-    use_teacher = data.teacher is not None and cfg.distill_weight > 0 and data.replay_rows > 0
+    use_teacher = data.teacher is not None and cfg.distill_weight > 0 and len(data.teacher) > 0
     teacher = torch.as_tensor(data.teacher, dtype=torch.float32) if use_teacher else None
     key = fingerprint(clf, data, cfg, model_cfg)
     every = cfg.checkpoint_every if run_dir else 0
