@@ -240,6 +240,9 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(toy):
     report = finetune(clf, TrainSet(rows, dev=flipped), cfg=cfg, model_cfg=MODEL)
     assert report.stopped_early and report.epochs < 10
     assert report.dev_loss == min(report.dev_losses)
+    # the weights kept are the best epoch's, not the last one's
+    assert _loss(clf, flipped) == pytest.approx(report.dev_loss, abs=1e-4)
+    assert report.dev_losses[-1] > report.dev_loss
     # it ran the best epoch plus `patience` worse ones, then stopped
     steps = math.ceil(len(rows) / cfg.batch_size)
     best = report.dev_losses.index(min(report.dev_losses)) + 1
