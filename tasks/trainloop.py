@@ -217,6 +217,28 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "process_rss"
 
 
+def _optimize(loss: torch.Tensor, model: torch.nn.Module, opt, sched, cfg: TrainConfig) -> None:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _record(loop: dict, idx: np.ndarray, loss: torch.Tensor, new_rows: int, started: float, bar, total: int) -> None:
+    """Advance the loop's position and counters after a step; progress bar and log."""
+    replayed = int((idx >= new_rows).sum())
+    loop.update(batch=loop["batch"] + 1, step=loop["step"] + 1, seconds=time.perf_counter() - started,
+                new_samples=loop["new_samples"] + len(idx) - replayed, replay_samples=loop["replay_samples"] + replayed)
+    loop["losses"].append(round(float(loss.detach()), 5))
+    rate = (loop["new_samples"] + loop["replay_samples"]) / max(loop["seconds"], 1e-9)
+    bar.update(1)
+    bar.set_postfix(loss=loop["losses"][-1], samples_s=round(rate))
+    if loop["step"] % 50 == 0 or loop["step"] == total:
+        log.info("epoch %d step %d/%d loss %.4f  %.0f samples/s", loop["epoch"] + 1, loop["step"], total,
+                 loop["losses"][-1], rate)
+
+
 def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: ModelConfig,
              run_dir=None, on_step: Callable[[int], None] | None = None) -> TrainReport:
     """Train `clf` in place. With `run_dir`, checkpoint there every `train.checkpoint_every`
@@ -251,22 +273,8 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
             with autocast:
                 loss = _loss(clf, _inputs(clf, ids, idx, device), torch.as_tensor(labels[idx], device=device),
                              idx, data, teacher, cfg)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            replayed = int((idx >= data.new_rows).sum())
-            loop.update(batch=loop["batch"] + 1, step=loop["step"] + 1, seconds=time.perf_counter() - started,
-                        new_samples=loop["new_samples"] + len(idx) - replayed,
-                        replay_samples=loop["replay_samples"] + replayed)
-            loop["losses"].append(round(float(loss.detach()), 5))
-            rate = (loop["new_samples"] + loop["replay_samples"]) / max(loop["seconds"], 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=loop["losses"][-1], samples_s=round(rate))
-            if loop["step"] % 50 == 0 or loop["step"] == total:
-                log.info("epoch %d step %d/%d loss %.4f  %.0f samples/s", loop["epoch"] + 1, loop["step"], total,
-                         loop["losses"][-1], rate)
+            _optimize(loss, model, opt, sched, cfg)
+            _record(loop, idx, loss, data.new_rows, started, bar, total)
             if every and loop["step"] % every == 0:
                 save_checkpoint(run_dir, fingerprint=key, model=model, optimizer=opt, scheduler=sched, loop=loop)
             if on_step:
