@@ -51,6 +51,7 @@ def test_console_script_promotes_a_real_model_loadable_without_ratchet(tmp_path)
     assert shown.stdout.strip() in set(clinc150_frame("banking")["label"])
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # a contended OpenMP pool is far slower than one thread
 def test_replay_keeps_earlier_clinc_domains_naive_finetuning_forgets(tmp_path):
     """Three CLINC150 domains in a row through `train_candidate`, from one shared first
     model: with reservoir replay the earlier domains' average accuracy stays within a
