@@ -26,7 +26,8 @@ import pandas as pd
 from tasks.config import LabelsConfig, Params, ValidateConfig
 from tasks.workspace import Workspace
 
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+SPECIAL_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ def normalise(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def normalise_all(texts: pd.Series) -> pd.Series:
+    """`normalise` over a column of strings."""
+    return texts.str.split().str.join(" ").str.casefold()
+
+
 def label_key(label: str) -> str:
     """Labels that differ only in case, spacing, '-' or '_' are near-duplicates."""
     return " ".join(re.sub(r"[-_]", " ", label).split()).casefold()
@@ -77,7 +83,8 @@ def usable_rows(df: pd.DataFrame, malformed: dict[int, str]) -> pd.Series:
     """Rows with a non-blank string text and label that the parser could read."""
     ok = pd.Series(True, index=df.index)
     for col in ("text", "label"):
-        ok &= df[col].map(lambda v: isinstance(v, str) and bool(v.strip()))
+        # .str on an object column gives NaN for non-strings, so this is False for them
+        ok &= (df[col].map(type) == str) & df[col].str.strip().astype(bool)
     if malformed:
         ok.iloc[list(malformed)] = False
     return ok
@@ -92,7 +99,7 @@ def row_checks(df: pd.DataFrame, ok: pd.Series, cfg: ValidateConfig, labels: Lab
         checks.append(Check("row_is_readable", None, sorted(malformed),
                             f"{len(malformed)} row(s) could not be read (first: {malformed[first]})"))
     for col in ("text", "label"):
-        bad = _positions(df[col].map(lambda v: isinstance(v, str) and CONTROL.search(v) is not None))
+        bad = _positions(df[col].str.contains(CONTROL, regex=True, na=False).astype(bool))
         if bad:
             checks.append(Check("values_have_no_control_characters", col, bad,
                                 f"column '{col}' has {len(bad)} value(s) with control characters (e.g. NUL, ESC)"))
@@ -110,8 +117,14 @@ def _positions(mask: pd.Series) -> list[int]:
 def _token_check(good: pd.DataFrame, cfg: ValidateConfig, ctx: Context) -> list[Check]:
     if not cfg.max_tokens or ctx.count_tokens is None or good.empty:
         return []
-    # over-long texts already fail the character bound; no need to tokenise a 1 MB row
+    # Only texts that could exceed the bound are tokenised: no WordPiece, BPE or
+    # byte-fallback tokenizer makes more than two tokens per UTF-8 byte (a piece and a
+    # word-boundary marker), plus a few special tokens. Over-long texts already fail
+    # the character bound, so a 1 MB row is not tokenised either.
     texts = good["text"][good["text"].str.len() <= cfg.max_text_chars]
+    texts = texts[texts.str.encode("utf-8").str.len() * 2 + SPECIAL_TOKENS > cfg.max_tokens]
+    if texts.empty:
+        return []
     lengths = pd.Series(ctx.count_tokens(list(texts)), index=texts.index)
     bad = sorted(int(i) for i in lengths.index[lengths > cfg.max_tokens])
     if not bad:
@@ -128,7 +141,7 @@ def _duplicate_checks(good: pd.DataFrame) -> list[Check]:
     if repeats:
         checks.append(Check("rows_are_unique", None, repeats,
                             f"{len(repeats)} row(s) repeat an earlier row's text and label"))
-    key = good["text"].map(normalise)
+    key = normalise_all(good["text"])
     per_text = good.groupby(key)["label"].nunique()
     clash = key.isin(per_text.index[per_text > 1])
     if clash.any():
@@ -276,9 +289,16 @@ def _token_counter(params: Params, prod_dir) -> Callable[[list[str]], list[int]]
 
     tokenizer = AutoTokenizer.from_pretrained(path)
 
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # fast tokenizers: skip the Python wrapping
+    if backend is not None:
+        backend.no_truncation()  # this instance only counts; a saved tokenizer may truncate
+        backend.no_padding()
+
     def count(texts: list[str]) -> list[int]:
         if not texts:
             return []
+        if backend is not None:
+            return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=True)]
         return [len(ids) for ids in tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
 
     return count

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tasks.contract import Check, Context, normalise
+from tasks.contract import Check, Context, normalise_all
 from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, assign_split
 
 KINDS = {
@@ -52,7 +52,7 @@ def find_leakage(good: pd.DataFrame, ctx: Context) -> Leakage:
     if good.empty:
         return Leakage({})
     split = assign_split(good, ctx.test_share)
-    key = good["text"].map(normalise)
+    key = normalise_all(good["text"])
     train = split.isin(TRAIN_NAMES | DEV_NAMES)
     test = split.isin(TEST_NAMES)
     own_test = set(key[test])
