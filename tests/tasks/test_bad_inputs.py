@@ -117,6 +117,7 @@ def production_ws(tmp_path_factory, prefect_server):
     registered with) one accepted batch whose held-out rows are the exam."""
     from conftest import TINY_PARAMS, toy_frame
     from tasks.model import load_base, save_classifier
+    from tasks.replay import new_buffer
 
     root = tmp_path_factory.mktemp("bad_inputs")
     ws_path = root / "ws"
@@ -126,8 +127,12 @@ def production_ws(tmp_path_factory, prefect_server):
     source = root / "a.csv"
     toy_frame(["weather", "music"], per_label=20, seed=1, slice_name="A").to_csv(source, index=False)
     got = intake(source, ws)
-    store_split(split_batch(got.frame, got.batch_id, 0.2), got.batch_id, ws)
+    split = split_batch(got.frame, got.batch_id, 0.2)
+    store_split(split, got.batch_id, ws)
     model_dir = save_classifier(load_base("tiny", ["weather", "music"], seed=0), root / "model")
+    buffer = new_buffer("reservoir", capacity=200, seed=0)  # what a promoted version carries
+    buffer.add(split.train)
+    buffer.save(model_dir)
     reg = Registry(ws.models_dir)
     version = reg.register(model_dir, {"parent": None, "batch_id": got.batch_id, "batch_ids": [got.batch_id],
                                        "metrics": {"overall": {"rows": 8, "accuracy": 0.5}}})
