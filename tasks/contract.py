@@ -83,8 +83,8 @@ def usable_rows(df: pd.DataFrame, malformed: dict[int, str]) -> pd.Series:
     """Rows with a non-blank string text and label that the parser could read."""
     ok = pd.Series(True, index=df.index)
     for col in ("text", "label"):
-        # .str on an object column gives NaN for non-strings, so this is False for them
-        ok &= (df[col].map(type) == str) & df[col].str.strip().astype(bool)
+        strings = only_strings(df[col])
+        ok &= df.index.isin(strings.index[strings.str.strip().astype(bool)])
     if malformed:
         ok.iloc[list(malformed)] = False
     return ok
@@ -99,7 +99,8 @@ def row_checks(df: pd.DataFrame, ok: pd.Series, cfg: ValidateConfig, labels: Lab
         checks.append(Check("row_is_readable", None, sorted(malformed),
                             f"{len(malformed)} row(s) could not be read (first: {malformed[first]})"))
     for col in ("text", "label"):
-        bad = _positions(df[col].str.contains(CONTROL, regex=True, na=False).astype(bool))
+        strings = only_strings(df[col])
+        bad = sorted(int(i) for i in strings.index[strings.str.contains(CONTROL, regex=True)])
         if bad:
             checks.append(Check("values_have_no_control_characters", col, bad,
                                 f"column '{col}' has {len(bad)} value(s) with control characters (e.g. NUL, ESC)"))
@@ -110,8 +111,9 @@ def row_checks(df: pd.DataFrame, ok: pd.Series, cfg: ValidateConfig, labels: Lab
     return checks
 
 
-def _positions(mask: pd.Series) -> list[int]:
-    return [int(i) for i in np.flatnonzero(mask.to_numpy(dtype=bool))]
+def only_strings(values: pd.Series) -> pd.Series:
+    """The string values of a column (its `.str` accessor refuses a column of numbers)."""
+    return values[values.map(lambda v: isinstance(v, str))].astype(object)
 
 
 def _token_check(good: pd.DataFrame, cfg: ValidateConfig, ctx: Context) -> list[Check]:
@@ -230,19 +232,23 @@ def label_kl(batch: pd.Series, reference: dict[str, int]) -> float | None:
     return float(np.sum(p * np.log(p / q)))
 
 
+PRODUCTION = "production"
+
+
 def load_context(ws: Workspace, params: Params, batch_id: str | None = None,
-                 version: str | None = None) -> Context:
+                 parent: str | None = PRODUCTION) -> Context:
     """What validation needs from the workspace: production's labels and tokenizer, the
     label counts of its training data, the exam's texts and every accepted batch's
     training texts (the batch being validated itself excluded).
 
-    With `version` (a DVC audit replaying a past run) that version stands in for
-    production, and exam and past training data are those of its lineage only, so the
-    replay does not depend on batches accepted after it."""
+    A DVC audit replaying a past run passes its `parent` version instead (None: the base
+    model): that version stands in for production, and exam and past training data are
+    those of its lineage only, so the replay does not depend on later batches."""
     from tasks.registry import Registry
 
     reg = Registry(ws.models_dir)
-    base = version or reg.resolve("production")
+    audit = parent != PRODUCTION
+    base = parent if audit else reg.resolve("production")
     base_dir = reg.path(base) if base else None
     lineage = reg.metadata(base).get("batch_ids", []) if base else []
     known: frozenset[str] = frozenset()
@@ -254,8 +260,8 @@ def load_context(ws: Workspace, params: Params, batch_id: str | None = None,
         if (ws.batch_dir(b) / "train.parquet").exists():
             reference.update(pd.read_parquet(ws.batch_dir(b) / "train.parquet", columns=["label"])["label"])
     accepted = [d.name for d in sorted(ws.batches_dir.glob("*")) if (d / "manifest.json").exists()]
-    scope = [b for b in (lineage if version else accepted) if b != batch_id]
-    exam = [ws.exam_dir / f"{b}.parquet" for b in scope] if version else \
+    scope = [b for b in (lineage if audit else accepted) if b != batch_id]
+    exam = [ws.exam_dir / f"{b}.parquet" for b in scope] if audit else \
         [p for p in sorted(ws.exam_dir.glob("*.parquet")) if p.stem != batch_id]
     past = [ws.batch_dir(b) / "train.parquet" for b in scope]
     return Context(known_labels=known, reference_labels=dict(reference),

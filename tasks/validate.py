@@ -334,7 +334,7 @@ def main() -> None:
     p = pipeline.params()
     info = pipeline.read_json(pipeline.BUILD / "intake" / "batch.json")
     frame = None if info["parse_error"] else pd.read_pickle(pipeline.BUILD / "intake" / "frame.pkl")
-    context = load_context(pipeline.workspace(), p, info["batch_id"], version=pipeline.parent(p))
+    context = load_context(pipeline.workspace(), p, info["batch_id"], parent=pipeline.parent(p))
     malformed = {int(k): v for k, v in (info.get("malformed") or {}).items()}
     result = validate_frame(frame, p.validate, info["parse_error"], labels=p.labels, context=context,
                             rows=info.get("rows"), malformed=malformed)
