@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import LabelsConfig, Params, ValidateConfig
-from tasks.contract import Context, _token_counter, normalise
+from tasks.context import _token_counter
+from tasks.contract import Context, normalise
 from tasks.parsing import parse_table
 from tasks.validate import validate_frame
 

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 
 from tasks.audit import record_data, version_metadata
 from tasks.config import Params, load_params
-from tasks.contract import load_context
+from tasks.context import load_context
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
