@@ -118,10 +118,13 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
     except StorageError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2)
+    known = (ws.batch_dir(batch_id) / "manifest.json").exists()
     if as_json:
-        typer.echo(json.dumps({"batch_id": batch_id, **result.to_dict()}, indent=2))
+        typer.echo(json.dumps({"batch_id": batch_id, "already_accepted": known, **result.to_dict()}, indent=2))
     else:
         _print_validation(batch_id, result)
+        if known:
+            console.print(f"note: this exact file was already accepted as {batch_id}; `ratchet retrain` would skip it")
     raise typer.Exit(4 if result.verdict == "rejected" else 0)
 
 

@@ -114,6 +114,8 @@ def test_fixed_redelivery_goes_through_identical_is_skipped_and_leaks_are_kept_o
 
     third = runner.invoke(app, ["retrain", "--batch", str(fixed), "--workspace", str(ws), *FAST])
     assert third.exit_code == 5 and "skipped" in third.output
+    checked = runner.invoke(app, ["validate", str(fixed), "--workspace", str(ws), "--json"])
+    assert json.loads(checked.output)["already_accepted"] is True
 
 
 def test_drop_rows_trains_on_the_rest_and_quarantines_the_bad_rows(ws, tmp_path):
