@@ -92,6 +92,14 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    # s3://bucket/prefix every promotion is mirrored to ("" = the local registry only);
+    # endpoint_url for S3-compatible stores ("" = the standard AWS settings)
+    mirror: str = ""
+    endpoint_url: str = ""
+
+
+@dataclass(frozen=True)
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -102,6 +110,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,6 +179,9 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
         raise ConfigError("params: train.batch_size and train.epochs must be at least 1")
     if params.replay.capacity < 0:
         raise ConfigError("params: replay.capacity must not be negative")
+    mirror = params.registry.mirror
+    if mirror and not (mirror.startswith("s3://") and mirror[len("s3://"):].strip("/")):
+        raise ConfigError(f"params: registry.mirror must be an s3://bucket/prefix URI, got {mirror!r}")
     return params
 
 

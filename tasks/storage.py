@@ -135,3 +135,20 @@ def list_objects(prefix_uri: str, *, endpoint_url: str | None = None) -> list[S3
     found = [S3Object(f"{S3_PREFIX}{bucket}/{o['Key']}", o["Size"], o["ETag"], o["LastModified"].timestamp())
              for page in pages for o in page.get("Contents", [])]
     return sorted(found, key=lambda o: (o.last_modified, o.uri))
+
+
+def download_file(uri: str, path: Path, *, endpoint_url: str | None = None) -> None:
+    """Download one s3:// object to a local file (multipart ranges above the threshold),
+    without holding it in memory."""
+    from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        s3_client(endpoint_url).download_file(bucket, key, str(path),
+                                              Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD))
+    except ClientError as exc:
+        raise StorageError(f"cannot read {uri}: {_error_code(exc) or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
