@@ -217,9 +217,11 @@ def _publish(workspace: Path, version: str | None, reason: str | None) -> None:
     try:
         done = publish(_registry(workspace), mirror, version, reason)
     except (RegistryError, StorageError) as exc:
-        console.print(f"[red]S3 mirror not updated:[/] {exc}\n  retry: ratchet models push {version or ''}")
+        console.print(f"[red]S3 mirror not updated:[/] {exc}\n  retry: ratchet models push {version or ''}",
+                      soft_wrap=True, highlight=False)
         raise typer.Exit(1)
-    console.print(f"mirror {done['mirror']}: {done['version']} pushed, production -> {done['production']}")
+    console.print(f"mirror {done['mirror']}: {done['version']} pushed, production -> {done['production']}",
+                  soft_wrap=True, highlight=False)
 
 
 @models_app.command("push")
@@ -251,9 +253,10 @@ def models_pull(version: Optional[str] = typer.Argument(None, help="Default: the
     try:
         got = pull(mirror, _registry(workspace), version, promote=promote)
     except (RegistryError, StorageError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"pulled {got} from {mirror.uri}" + (f"; production -> {got}" if promote else ""))
+    console.print(f"pulled {got} from {mirror.uri}" + (f"; production -> {got}" if promote else ""),
+                  soft_wrap=True, highlight=False)
 
 
 def mirror_report(reg, mirror) -> dict:
@@ -318,7 +321,7 @@ def _print_status(report: dict) -> None:
     if m:
         state = (f"[red]{escape(m['error'])}[/]" if m.get("error") else f"production {m['production'] or 'none'}, "
                  f"{len(m['versions'])} versions, " + ("[green]in sync[/]" if m["in_sync"] else "[yellow]behind[/]"))
-        console.print(f"mirror {m['uri']}: {state}", highlight=False)
+        console.print(f"mirror {m['uri']}: {state}", highlight=False, soft_wrap=True)
 
 
 def _print_continual(continual: dict | None) -> None:
@@ -336,7 +339,7 @@ def _print_continual(continual: dict | None) -> None:
     console.print(f"BWT {fmt(continual.get('bwt'))}, average forgetting {fmt(continual.get('average_forgetting'))}")
     forgot = ", ".join(f"{k} {v:+.3f}" for k, v in sorted((continual.get("slice_forgetting") or {}).items()))
     if forgot:
-        console.print(f"forgetting per slice: {forgot}")
+        console.print(f"forgetting per slice: {forgot}", soft_wrap=True)
 
 
 @app.command()

@@ -102,7 +102,7 @@ def put_bytes(uri: str, data: bytes, *, if_match: str | None = None, if_none_mat
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         Path(uri).write_bytes(data)
         return ""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3(uri)
     extra = {}
@@ -116,20 +116,27 @@ def put_bytes(uri: str, data: bytes, *, if_match: str | None = None, if_none_mat
         if _error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
             raise Conflict(f"{uri} changed under us (conditional write refused)") from exc
         raise StorageError(f"cannot write {uri}: {_error_code(exc) or exc}") from exc
+    except BotoCoreError as exc:  # unreachable endpoint, no credentials, ...
+        raise StorageError(f"cannot write {uri}: {exc}") from exc
 
 
 def upload_file(path: Path, uri: str, *, endpoint_url: str | None = None) -> None:
     """Upload one file; boto3 switches to multipart above MULTIPART_THRESHOLD."""
+    from boto3.exceptions import S3UploadFailedError
     from boto3.s3.transfer import TransferConfig
+    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3(uri)
-    s3_client(endpoint_url).upload_file(str(path), bucket, key,
-                                        Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD))
+    try:
+        s3_client(endpoint_url).upload_file(str(path), bucket, key,
+                                            Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD))
+    except (S3UploadFailedError, ClientError, BotoCoreError) as exc:
+        raise StorageError(f"cannot write {uri}: {exc}") from exc
 
 
 def head(uri: str, *, endpoint_url: str | None = None) -> S3Object | None:
     """Size and ETag of an s3:// object, or None when it does not exist."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = split_s3(uri)
     try:
@@ -138,15 +145,24 @@ def head(uri: str, *, endpoint_url: str | None = None) -> S3Object | None:
         if _error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
             return None
         raise StorageError(f"cannot stat {uri}: {_error_code(exc) or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot stat {uri}: {exc}") from exc
     return S3Object(uri, got["ContentLength"], got["ETag"], got["LastModified"].timestamp())
 
 
 def list_objects(prefix_uri: str, *, endpoint_url: str | None = None) -> list[S3Object]:
     """Every object under an s3:// prefix, oldest first (arrival order), then by key."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     bucket, prefix = split_s3(prefix_uri)
     pages = s3_client(endpoint_url).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    found = [S3Object(f"{S3_PREFIX}{bucket}/{o['Key']}", o["Size"], o["ETag"], o["LastModified"].timestamp())
-             for page in pages for o in page.get("Contents", [])]
+    try:
+        found = [S3Object(f"{S3_PREFIX}{bucket}/{o['Key']}", o["Size"], o["ETag"], o["LastModified"].timestamp())
+                 for page in pages for o in page.get("Contents", [])]
+    except ClientError as exc:
+        raise StorageError(f"cannot list {prefix_uri}: {_error_code(exc) or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot list {prefix_uri}: {exc}") from exc
     return sorted(found, key=lambda o: (o.last_modified, o.uri))
 
 
