@@ -33,7 +33,7 @@ from typing import Iterator
 
 from tasks.card import render_card
 from tasks.integrity import WEIGHTS_FILE, check, check_weights, manifest, sha256_file
-from tasks.matrix import stamp
+from tasks.matrix import extend, stamp
 
 CARD_FILE = "README.md"
 LABEL_MAP_FILE = "label_map.json"  # as tasks.model writes it; not imported, to keep torch out
@@ -306,6 +306,11 @@ def main() -> None:
         meta = version_metadata(p, parent=record["parent"], lineage=pipeline.lineage(p), batch_id=pipeline.batch_id(),
                                 source=p.audit.batch, metrics=scores["candidate"]["all"], gate=decision,
                                 train=pipeline.read_json(pipeline.BUILD / "finetune" / "metrics.json"), run_id="dvc")
+        parent_meta = reg.metadata(record["parent"]) if record["parent"] else {}
+        meta["accuracy_matrix"] = extend(parent_meta.get("accuracy_matrix"), parent_version=record["parent"],
+                                         batch_id=meta["batch_id"], batch_ids=meta["batch_ids"],
+                                         candidate=scores["candidate"]["all"],
+                                         champion=scores["champion"]["all"] if record["parent"] else None)
         if record["parent"] == reg.resolve("production"):
             record |= {"status": "promoted", "version": register_and_promote(reg, candidate, meta)}
         else:

@@ -55,7 +55,8 @@ class Mirror:
     def at(self, *parts: str) -> str:
         return "/".join([self.uri.rstrip("/"), *parts])
 
-    def _json(self, uri: str) -> dict | None:
+    def read_json(self, uri: str) -> dict | None:
+        """A JSON object on the mirror, or None when it does not exist."""
         try:
             return json.loads(read_bytes(uri, endpoint_url=self.endpoint_url))
         except StorageError:
@@ -65,7 +66,7 @@ class Mirror:
 
     def manifest(self, version: str) -> dict | None:
         """The version's manifest: None while the version is absent or half-written."""
-        return self._json(self.at("versions", version, MANIFEST_FILE))
+        return self.read_json(self.at("versions", version, MANIFEST_FILE))
 
     def versions(self) -> list[str]:
         """Complete versions only (those with a manifest), oldest first."""
@@ -80,7 +81,7 @@ class Mirror:
             found = head(uri, endpoint_url=self.endpoint_url)
             if found is None:
                 return {}, None
-            data = self._json(uri)
+            data = self.read_json(uri)
             if data is not None and head(uri, endpoint_url=self.endpoint_url) == found:
                 return data, found.etag
         raise MirrorError(f"mirror: {uri} keeps changing; try again")
@@ -104,7 +105,7 @@ def _claim(mirror: Mirror, version: str, content: str) -> None:
         put_bytes(uri, json.dumps({"metadata_sha256": content}).encode(), if_none_match=True,
                   endpoint_url=mirror.endpoint_url)
     except Conflict:
-        owner = (mirror._json(uri) or {}).get("metadata_sha256")
+        owner = (mirror.read_json(uri) or {}).get("metadata_sha256")
         if owner != content:  # not our own earlier, interrupted attempt
             raise MirrorError(f"mirror: {mirror.at('versions', version)} is claimed by a different version "
                               "(another registry writes to this mirror); pull it or use another prefix") from None
