@@ -28,8 +28,11 @@ from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import gate_task
 from tasks.intake import Intake, Split, intake_task, is_known, load_train, split_task
+from tasks.matrix import extend
 from tasks.quarantine import quarantine_batch, quarantine_rows
-from tasks.registry import Registry, promote_task
+from tasks.registry import Registry, RegistryError, promote_task
+from tasks.registry_s3 import Mirror, publish_task
+from tasks.storage import StorageError
 from tasks.validate import validate_task
 from tasks.workspace import Workspace
 
@@ -141,12 +144,27 @@ def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
 
 
 def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: str, lineage: list[str]) -> str:
-    """Register the candidate as a new immutable version and move production to it."""
+    """Register the candidate as a new immutable version (with the lineage's accuracy
+    matrix grown by one row), move production to it, then mirror it when configured."""
     metadata = version_metadata(
         run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
         metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
         run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws))
-    return promote_task(run.reg, Path(candidate.path), metadata)
+    parent = run.reg.metadata(run.champion) if run.champion else {}
+    metadata["accuracy_matrix"] = extend(
+        parent.get("accuracy_matrix"), parent_version=run.champion, batch_id=batch_id,
+        batch_ids=metadata["batch_ids"], candidate=cand_sheets["all"],
+        champion=run.details.get("champion_scores") if run.champion else None)
+    version = promote_task(run.reg, Path(candidate.path), metadata)
+    mirror = Mirror.from_config(run.params.registry)
+    if mirror:
+        try:
+            run.details["mirror"] = publish_task(run.reg, mirror, version)
+        except (RegistryError, StorageError) as exc:  # production moved locally; the mirror catches up on a retry
+            run.details["mirror"] = {"mirror": mirror.uri, "version": version, "error": str(exc),
+                                     "retry": f"ratchet models push {version}"}
+            get_run_logger().warning("S3 mirror not updated: %s (retry: ratchet models push %s)", exc, version)
+    return version
 
 
 @flow(name="retrain", flow_run_name=_run_name, log_prints=True)

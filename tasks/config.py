@@ -128,6 +128,14 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    # s3://bucket/prefix every promotion is mirrored to ("" = the local registry only);
+    # endpoint_url for S3-compatible stores ("" = the standard AWS settings)
+    mirror: str = ""
+    endpoint_url: str = ""
+
+
+@dataclass(frozen=True)
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -139,6 +147,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,6 +224,9 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
         codecs.lookup(params.validate.encoding)
     except LookupError:
         raise ConfigError(f"params: validate.encoding: unknown encoding {params.validate.encoding!r}") from None
+    mirror = params.registry.mirror
+    if mirror and not (mirror.startswith("s3://") and mirror[len("s3://"):].strip("/")):
+        raise ConfigError(f"params: registry.mirror must be an s3://bucket/prefix URI, got {mirror!r}")
     return params
 
 
