@@ -126,6 +126,37 @@ def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), 
     console.print(f"summary: {out}")
 
 
+@app.command()
+def serve(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+          limit: Optional[int] = typer.Option(None, help="Most flow runs at once (default: no limit).")) -> None:
+    """Serve the deployments: manual retrain runs, the nightly sweep (ops.schedule_cron) and
+    the landing-zone watcher. Needs PREFECT_API_URL pointing at a `prefect server start`."""
+    _quiet_defaults()
+    from flows.deploy import serve_all
+
+    serve_all(str(workspace.resolve()), limit=limit)
+
+
+@app.command()
+def watch(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+          landing: Optional[str] = typer.Option(None, help="Folder or s3://bucket/prefix (default: ops.landing)."),
+          fan_out: bool = typer.Option(False, help="Start each batch as a run of the ratchet-retrain deployment.")) -> None:
+    """One sweep of the landing zone now: every new batch, oldest first, exactly once."""
+    _quiet_defaults()
+    from flows.deploy import sweep_landing
+    from tasks.landing import LandingBusy
+
+    try:
+        handled = sweep_landing(workspace=str(workspace.resolve()), landing=landing, fan_out=fan_out)
+    except LandingBusy as exc:
+        console.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(0)
+    for entry in handled:
+        console.print(f"{entry['status']:>11}  {entry['batch_id']}  {entry['uri']}")
+    if not handled:
+        console.print("no new batches")
+
+
 def _machine() -> dict:
     import platform
 
