@@ -40,14 +40,14 @@ def _sweep_name() -> str:
     return f"sweep-{Path(str(flow_run.parameters.get('workspace', '.'))).resolve().name}"
 
 
-def _trigger(arrival: Arrival, ws: Workspace) -> str:
+def _trigger(arrival: Arrival, ws: Workspace, deployment: str) -> str:
     """Start the batch as its own run of the retrain deployment (on whatever pool serves
     it). The idempotency key makes the server refuse a second run for this batch id even
     if this sweep dies between creating the run and recording it."""
     from prefect.deployments import run_deployment
 
     key = hashlib.sha256(f"{ws.root}:{arrival.batch_id}".encode()).hexdigest()[:24]
-    started = run_deployment(f"retrain/{RETRAIN}", parameters={"batch": arrival.path, "workspace": str(ws.root)},
+    started = run_deployment(f"retrain/{deployment}", parameters={"batch": arrival.path, "workspace": str(ws.root)},
                              timeout=0, idempotency_key=f"ratchet-{key}", tags=["ratchet", "landing"])
     return str(started.id)
 
@@ -65,8 +65,10 @@ def _run_inline(arrival: Arrival, ws: Workspace, ledger: Ledger) -> bool:
 
 
 @flow(name="sweep-landing", flow_run_name=_sweep_name, log_prints=True)
-def sweep_landing(workspace: str = ".", landing: str | None = None, fan_out: bool = False) -> list[dict]:
-    """Retrain every new batch in the landing zone, oldest first, each batch id once."""
+def sweep_landing(workspace: str = ".", landing: str | None = None, fan_out: bool = False,
+                  retrain_deployment: str = RETRAIN) -> list[dict]:
+    """Retrain every new batch in the landing zone, oldest first, each batch id once
+    (in-line, or with `fan_out` as runs of the `retrain/<retrain_deployment>` deployment)."""
     ws = Workspace.at(workspace)
     landing = landing or load_params(ws.params_path).ops.landing
     logger = get_run_logger()
@@ -79,7 +81,7 @@ def sweep_landing(workspace: str = ".", landing: str | None = None, fan_out: boo
         for arrival in new:
             ledger.claim(arrival)  # on disk before the run starts
             if fan_out:
-                ledger.update(arrival.batch_id, status="triggered", flow_run_id=_trigger(arrival, ws))
+                ledger.update(arrival.batch_id, status="triggered", flow_run_id=_trigger(arrival, ws, retrain_deployment))
             elif not _run_inline(arrival, ws, ledger):
                 failed.append(arrival.batch_id)
             handled.append(ledger.batches[arrival.batch_id])

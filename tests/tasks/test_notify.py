@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from webhook_receiver import Hook
 
 from tasks.notify import WebhookError, markdown, post_json, summary
 
@@ -24,37 +22,6 @@ OUTCOME = {
         "gate_table": "| check | rows |\n|---|---|\n| slice:A | 36 |",
     },
 }
-
-
-class Hook:
-    """A webhook receiver on 127.0.0.1 that fails the first `fail` requests with 500."""
-
-    def __init__(self, fail: int = 0):
-        self.received: list[dict] = []
-        self.fail = fail
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if hook.fail > 0:
-                    hook.fail -= 1
-                    self.send_response(500)
-                else:
-                    hook.received.append(json.loads(body))
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
