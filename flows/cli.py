@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -183,6 +184,23 @@ def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     console.print(table)
 
 
+@contextmanager
+def _alias_lock(workspace: Path):
+    """The flock a retrain run holds from resolving production to promoting: a manual move
+    waits for a run in progress on this host instead of being overwritten by it."""
+    from tasks.lock import LockTimeout, file_lock
+
+    path = workspace.resolve() / "models" / ".promote.lock"
+    try:
+        with file_lock(path, 0):
+            yield
+            return
+    except LockTimeout:
+        console.print("a retrain run holds the registry; waiting for it to finish…")
+    with file_lock(path, None):
+        yield
+
+
 def _registry(workspace: Path):
     from tasks.registry import Registry
 
@@ -196,7 +214,8 @@ def models_promote(version: str, workspace: Path = typer.Option(Path(".")),
     from tasks.registry import RegistryError
 
     try:
-        _registry(workspace).promote(version, reason)
+        with _alias_lock(workspace):
+            _registry(workspace).promote(version, reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
@@ -212,7 +231,8 @@ def rollback(workspace: Path = typer.Option(Path("."), help="Repository root to 
     reg = _registry(workspace)
     current = reg.resolve("production")
     try:
-        version = reg.rollback(reason)
+        with _alias_lock(workspace):
+            version = reg.rollback(reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)

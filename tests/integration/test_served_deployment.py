@@ -114,13 +114,18 @@ def served(root: Path, db_url: str | None = None, params: str = TINY_PARAMS):
             yield {"api": api, "env": env, "ws": ws, "root": root}
 
 
-def trigger(srv: dict, batch: Path) -> str:
-    """`prefect deployment run ... --param batch=...`; returns the flow run id."""
-    done = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "retrain/ratchet-retrain",
-                           "--param", f"batch={batch}"], env=srv["env"], cwd=srv["ws"], capture_output=True,
-                          text=True, timeout=STARTUP_SECONDS)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return re.search(r"UUID:\s*([0-9a-f-]{36})", done.stdout).group(1)
+def trigger(srv: dict, *batches: Path) -> list[str]:
+    """`prefect deployment run ... --param batch=...`, one CLI process per batch, all at
+    once; returns the flow run ids."""
+    procs = [subprocess.Popen([sys.executable, "-m", "prefect", "deployment", "run", "retrain/ratchet-retrain",
+                               "--param", f"batch={batch}"], env=srv["env"], cwd=srv["ws"], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for batch in batches]
+    ids = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=STARTUP_SECONDS)
+        assert proc.returncode == 0, out
+        ids.append(re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1))
+    return ids
 
 
 @contextmanager
@@ -174,7 +179,7 @@ def sqlite_served(tmp_path_factory):
 def test_cli_trigger_promotes_and_publishes_artifacts(sqlite_served):
     srv = sqlite_served
     batch = _batch(srv["root"], "A", ["weather", "music"], seed=1)
-    run_id = trigger(srv, batch)
+    (run_id,) = trigger(srv, batch)
     (run,) = wait_for_runs(srv, [run_id])
     assert run.state.type.value == "COMPLETED", (srv["root"] / "serve.log").read_text()[-3000:]
     (decision,) = decisions(srv["ws"])
@@ -190,7 +195,7 @@ def test_two_triggers_at_once_give_two_decisions_and_a_consistent_registry(sqlit
     srv = sqlite_served
     before = len(decisions(srv["ws"]))
     batches = [_batch(srv["root"], "B", ["food", "travel"], seed=2), _batch(srv["root"], "C", ["bank", "sport"], seed=3)]
-    ids = [trigger(srv, b) for b in batches]
+    ids = trigger(srv, *batches)
     runs = wait_for_runs(srv, ids)
     assert [r.state.type.value for r in runs] == ["COMPLETED", "COMPLETED"]
     new = decisions(srv["ws"])[before:]
@@ -208,6 +213,37 @@ def test_two_triggers_at_once_give_two_decisions_and_a_consistent_registry(sqlit
     for version in reg.versions()[1:]:
         assert reg.metadata(version)["parent"] == f"v{int(version[1:]) - 1:04d}"
     assert len(srv["hook"].received) == 3
+
+
+@pytest.mark.slow  # several Prefect CLI start-ups; config validation rather than behaviour
+def test_prefect_yaml_deploys_to_process_and_kubernetes_pools(sqlite_served):
+    """`prefect deploy` accepts prefect.yaml for both pools (no worker runs them here);
+    last in this module: it replaces the served deployments of the same names."""
+    srv = sqlite_served
+    env = {**srv["env"], "RATCHET_REPO": str(REPO), "RATCHET_WORKSPACE": str(srv["ws"]),
+           "RATCHET_IMAGE": "ratchet:cuda", "RATCHET_LANDING": "s3://ratchet/landing"}
+
+    def prefect(*args):
+        done = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=RUN_SECONDS)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    prefect("work-pool", "create", "ratchet-process", "--type", "process")
+    prefect("work-pool", "create", "ratchet-k8s", "--type", "kubernetes",
+            "--base-job-template", str(REPO / "infra" / "k8s" / "base-job-template.json"))
+    names = [f"{n}{suffix}" for suffix in ("", "-k8s") for n in ("ratchet-retrain", "ratchet-nightly", "ratchet-watch")]
+    prefect("--no-prompt", "deploy", *[arg for n in names for arg in ("--name", n)])
+
+    def deployment(flow_name: str, name: str) -> dict:
+        return httpx.get(f"{srv['api']}/deployments/name/{flow_name}/{name}", timeout=10).json()
+
+    local = deployment("sweep-landing", "ratchet-nightly")
+    assert local["work_pool_name"] == "ratchet-process" and local["parameters"] == {"workspace": str(srv["ws"])}
+    assert local["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    gpu = deployment("retrain", "ratchet-retrain-k8s")
+    assert gpu["work_pool_name"] == "ratchet-k8s" and gpu["job_variables"]["gpu_count"] == 1
+    sweep = deployment("sweep-landing", "ratchet-watch-k8s")
+    assert sweep["parameters"]["fan_out"] is True and sweep["job_variables"]["gpu_count"] == 0
 
 
 def _admin(statement: str) -> None:
@@ -249,11 +285,13 @@ def postgres_url():
     _admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
+@pytest.mark.slow  # a second server and serve process; SQLite covers the same path in the fast tier
 def test_cli_trigger_on_a_postgres_backed_server(tmp_path, postgres_url):
     db_url = postgres_url
     with served(tmp_path, db_url=db_url, params=TINY_PARAMS + "ops: {watch_interval_seconds: 0}\n") as srv:
-        run_id = trigger(srv, _batch(tmp_path, "A", ["weather", "music"], seed=1))
+        (run_id,) = trigger(srv, _batch(tmp_path, "A", ["weather", "music"], seed=1))
         (run,) = wait_for_runs(srv, [run_id])
         assert run.state.type.value == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
         assert [d["status"] for d in decisions(srv["ws"])] == ["promoted"]
         assert "ratchet-decision" in artifact_keys(srv, run_id)
+
