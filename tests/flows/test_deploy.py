@@ -12,6 +12,7 @@ from flows.deploy import NIGHTLY, RETRAIN, WATCH, deployments, sweep_landing
 from tasks.landing import ledger_path
 from tasks.lock import LockTimeout, file_lock, promotion_lock
 from tasks.registry import Registry
+from tasks.workspace import Workspace
 
 
 def _land(workspace, name, labels, seed, mtime):
@@ -41,14 +42,16 @@ def test_deployments_take_schedule_and_workspace_from_params(workspace):
 def test_sweep_retrains_each_landed_batch_once_in_arrival_order(workspace, prefect_server, one_torch_thread):
     second = _land(workspace, "a_second.csv", ["food", "travel"], seed=2, mtime=2_000_000_000)
     first = _land(workspace, "z_first.csv", ["weather", "music"], seed=1, mtime=1_900_000_000)
-    (workspace / "data" / "landing" / "again.csv").write_bytes(first.read_bytes())  # same bytes, later, other name
+    again = workspace / "data" / "landing" / "again.csv"
+    again.write_bytes(first.read_bytes())  # same bytes, landed later under another name: the same batch
+    os.utime(again, (1_950_000_000, 1_950_000_000))
     handled = sweep_landing(workspace=str(workspace))
     assert [(h["path"], h["status"]) for h in handled] == [(str(first), "promoted"), (str(second), "promoted")]
     reg = Registry(workspace / "models")
     assert reg.resolve("production") == "v0002"
     assert reg.metadata("v0002")["batch_ids"] == [h["batch_id"] for h in handled]
     # a restarted watcher knows only what is on disk: nothing is triggered twice
-    on_disk = json.loads(ledger_path(workspace.resolve()).read_text())["batches"]
+    on_disk = json.loads(ledger_path(Workspace.at(workspace)).read_text())["batches"]
     assert {b["status"] for b in on_disk.values()} == {"promoted"} and len(on_disk) == 2
     assert sweep_landing(workspace=str(workspace)) == []
 
@@ -81,3 +84,27 @@ def test_promotion_lock_is_one_slot_across_runs(tmp_path, prefect_server):
         thread.join(60)
     with promotion_lock(tmp_path / "models", name, 30):  # free again once released
         pass
+
+
+def test_fan_out_starts_one_deployment_run_per_batch_exactly_once(workspace, prefect_server):
+    from prefect import get_client
+
+    from flows.deploy import _trigger
+    from tasks.landing import arrivals
+
+    (workspace / "params.yaml").write_text((workspace / "params.yaml").read_text() + "ops: {watch_interval_seconds: 0}\n")
+    name = f"{RETRAIN}-{workspace.parent.name}"[:60]
+    (retrain_deployment,) = [d for d in deployments(workspace) if d.name == RETRAIN]
+    retrain_deployment.name = name
+    retrain_deployment.apply()  # registered, not served: its runs stay scheduled
+    _land(workspace, "one.csv", ["weather", "music"], seed=1, mtime=1_900_000_000)
+    _land(workspace, "two.csv", ["food", "travel"], seed=2, mtime=2_000_000_000)
+    handled = sweep_landing(workspace=str(workspace), fan_out=True, retrain_deployment=name)
+    assert [h["status"] for h in handled] == ["triggered", "triggered"]
+    with get_client(sync_client=True) as client:
+        runs = [client.read_flow_run(h["flow_run_id"]) for h in handled]
+    assert [r.parameters["batch"] for r in runs] == [h["path"] for h in handled]
+    assert sweep_landing(workspace=str(workspace), fan_out=True, retrain_deployment=name) == []
+    # a sweep that died between starting a run and recording it starts no second run
+    first = arrivals("data/landing", Workspace.at(workspace))[0]
+    assert _trigger(first, Workspace.at(workspace), name) == handled[0]["flow_run_id"]
