@@ -108,3 +108,13 @@ def test_fan_out_starts_one_deployment_run_per_batch_exactly_once(workspace, pre
     # a sweep that died between starting a run and recording it starts no second run
     first = arrivals("data/landing", Workspace.at(workspace))[0]
     assert _trigger(first, Workspace.at(workspace), name) == handled[0]["flow_run_id"]
+
+
+def test_watch_command_with_nothing_landed(workspace, prefect_server):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["watch", "--workspace", str(workspace)])
+    assert result.exit_code == 0, result.output
+    assert "no new batches" in result.output
