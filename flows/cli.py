@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -189,6 +190,37 @@ def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), 
     console.print(f"summary: {out}")
 
 
+@app.command()
+def serve(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+          limit: Optional[int] = typer.Option(None, help="Most flow runs at once (default: no limit).")) -> None:
+    """Serve the deployments: manual retrain runs, the nightly sweep (ops.schedule_cron) and
+    the landing-zone watcher. Needs PREFECT_API_URL pointing at a `prefect server start`."""
+    _quiet_defaults()
+    from flows.deploy import serve_all
+
+    serve_all(str(workspace.resolve()), limit=limit)
+
+
+@app.command()
+def watch(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+          landing: Optional[str] = typer.Option(None, help="Folder or s3://bucket/prefix (default: ops.landing)."),
+          fan_out: bool = typer.Option(False, help="Start each batch as a run of the ratchet-retrain deployment.")) -> None:
+    """One sweep of the landing zone now: every new batch, oldest first, exactly once."""
+    _quiet_defaults()
+    from flows.deploy import sweep_landing
+    from tasks.landing import LandingBusy
+
+    try:
+        handled = sweep_landing(workspace=str(workspace.resolve()), landing=landing, fan_out=fan_out)
+    except LandingBusy as exc:
+        console.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(0)
+    for entry in handled:
+        console.print(f"{entry['status']:>11}  {entry['batch_id']}  {entry['uri']}")
+    if not handled:
+        console.print("no new batches")
+
+
 def _machine() -> dict:
     import platform
 
@@ -215,6 +247,23 @@ def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     console.print(table)
 
 
+@contextmanager
+def _alias_lock(workspace: Path):
+    """The flock a retrain run holds from resolving production to promoting: a manual move
+    waits for a run in progress on this host instead of being overwritten by it."""
+    from tasks.lock import LockTimeout, file_lock
+
+    path = workspace.resolve() / "models" / ".promote.lock"
+    try:
+        with file_lock(path, 0):
+            yield
+            return
+    except LockTimeout:
+        console.print("a retrain run holds the registry; waiting for it to finish…")
+    with file_lock(path, None):
+        yield
+
+
 def _registry(workspace: Path):
     from tasks.registry import Registry
 
@@ -228,7 +277,8 @@ def models_promote(version: str, workspace: Path = typer.Option(Path(".")),
     from tasks.registry import RegistryError
 
     try:
-        _registry(workspace).promote(version, reason)
+        with _alias_lock(workspace):
+            _registry(workspace).promote(version, reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
@@ -245,7 +295,8 @@ def rollback(workspace: Path = typer.Option(Path("."), help="Repository root to 
     reg = _registry(workspace)
     current = reg.resolve("production")
     try:
-        version = reg.rollback(reason)
+        with _alias_lock(workspace):
+            version = reg.rollback(reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)

@@ -136,6 +136,21 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class OpsConfig:
+    # Deployments (flows/deploy.py): the nightly sweep of the landing zone, and how often
+    # the watcher looks; `landing` is a folder (relative to the workspace) or s3://bucket/prefix
+    schedule_cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    landing: str = "data/landing"
+    watch_interval_seconds: int = 60
+    # a JSON summary of every decision is POSTed here; "" = no webhook
+    webhook_url: str = ""
+    # the Prefect global concurrency limit (1 slot) that serialises promotions per registry
+    promote_limit: str = "ratchet-promote"
+    lock_timeout_seconds: int = 3600
+
+
+@dataclass(frozen=True)
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -148,6 +163,7 @@ class Params:
     gate: GateConfig = field(default_factory=GateConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
