@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from tasks.audit import record_data, version_metadata
+from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import Params, load_params
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task, load_exam
@@ -132,7 +132,9 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
         run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
         metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
         run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws))
-    return promote_task(run.reg, Path(candidate.path), metadata)
+    version = promote_task(run.reg, Path(candidate.path), metadata)
+    run.details["audit"] = record_promotion_task(run.ws, run.params, run.reg, version)  # DVC, git tags, push
+    return version
 
 
 @flow(name="retrain", flow_run_name=_run_name, log_prints=True)
