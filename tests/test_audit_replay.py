@@ -56,7 +56,8 @@ def commit_all(ws: Path, message: str) -> None:
 
 
 def test_audit_rebuilds_a_promotion_and_names_what_differs(repo, tmp_path, toy, prefect_server, s3_bucket,
-                                                           one_torch_thread):
+                                                           one_torch_thread, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the rebuild's stage processes, on a shared box
     ws = audit_repo(repo, tmp_path, {"audit": {"git_commit": True}})
     run(["dvc", "remote", "add", "-d", "storage", f"s3://{s3_bucket}/dvc"], ws)
     run(["dvc", "remote", "modify", "storage", "endpointurl", os.environ["AWS_ENDPOINT_URL"]], ws)
