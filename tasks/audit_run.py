@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,28 +121,44 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_restored(tree: Path, out: Path, dir_hash: str, what: str) -> list[Difference]:
-    """Every file DVC restored under `out` against the md5 its recorded manifest lists:
-    a changed byte in the cache or the remote is named here, file by file."""
+def materialise(repo_root: Path, dir_hash: str, out: Path, what: str) -> list[Difference]:
+    """Copy a recorded directory out of the DVC cache, checking every file against the md5
+    its manifest lists as it goes: a changed byte is named here, file by file (DVC's own
+    checkout would refuse the corrupted object without saying which recorded file it is)."""
     from dvc.repo import Repo
 
-    with Repo(str(tree)) as repo:
-        manifest = json.loads(Path(repo.cache.local.oid_to_path(dir_hash)).read_text())
-    diffs = []
-    for entry in manifest:
-        path = out / entry["relpath"]
-        actual = _md5(path) if path.is_file() else "missing"
-        if actual != entry["md5"]:
-            diffs.append(Difference(f"{what} file {entry['relpath']} (md5)", entry["md5"], actual))
+    with Repo(str(repo_root)) as repo:
+        odb = repo.cache.local
+        manifest = Path(odb.oid_to_path(dir_hash))
+        if not manifest.is_file():
+            return [Difference(f"{what} manifest {dir_hash}", "in the DVC cache or remote", "missing")]
+        if _md5(manifest) != dir_hash.removesuffix(".dir"):
+            return [Difference(f"{what} manifest {dir_hash} (md5)", dir_hash, _md5(manifest))]
+        diffs = []
+        for entry in json.loads(manifest.read_text()):
+            source, target = Path(odb.oid_to_path(entry["md5"])), out / entry["relpath"]
+            if not source.is_file():
+                diffs.append(Difference(f"{what} file {entry['relpath']}", entry["md5"], "missing from the DVC cache"))
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            actual = _md5(target)
+            if actual != entry["md5"]:
+                diffs.append(Difference(f"{what} file {entry['relpath']} (md5)", entry["md5"], actual))
     return _cap(diffs, what)
 
 
 def _restore(tree: Path, ws: Workspace, reg: Registry, meta: dict) -> list[Difference]:
-    """data/ and the parent's registry into the worktree, from the recorded DVC hashes."""
+    """data/ and the parent's registry into the worktree, from the recorded DVC hashes:
+    fetched from the default remote when one is set (DVC re-fetches a cached object that
+    no longer matches its hash), then copied out of the cache and verified."""
+    from dvc.repo import Repo
+
     local = ws.root / ".dvc" / "config.local"  # remotes and credentials kept out of git
     if local.exists():
         (tree / ".dvc" / "config.local").write_text(local.read_text())
-    _dvc(tree, "config", "--local", "cache.dir", str(ws.root / ".dvc" / "cache"))
+    with Repo(str(tree)) as repo, repo.config.edit("local") as conf:
+        conf["cache"]["dir"] = str(ws.root / ".dvc" / "cache")
     targets = {"data.dvc": (meta["dvc_data_hash"], "data", tree / "data")}
     (tree / "data.dvc").write_text(_dvc_file(meta["dvc_data_hash"], "data"))
     if meta.get("dvc_models_hash"):
@@ -149,14 +166,16 @@ def _restore(tree: Path, ws: Workspace, reg: Registry, meta: dict) -> list[Diffe
         (tree / MODELS_DVC).write_text(_dvc_file(meta["dvc_models_hash"], "versions"))
         targets[MODELS_DVC] = (meta["dvc_models_hash"], "registry", tree / "models" / "versions")
     elif meta.get("parent"):  # recorded before the registry was in DVC: the verified local copy
-        import shutil
-
         shutil.copytree(reg.checked_path(meta["parent"]), tree / "models" / "versions" / meta["parent"])
-    verb = "pull" if default_remote(tree) else "checkout"
-    _dvc(tree, verb, *targets)
     diffs = []
+    if default_remote(tree):
+        try:
+            with Repo(str(tree)) as repo:
+                repo.fetch(targets=[str(tree / t) for t in targets])
+        except Exception as exc:  # DVC names the objects it could not fetch or verify
+            diffs.append(Difference("dvc fetch from the default remote", "complete", f"{type(exc).__name__}: {exc}"))
     for hash_value, what, out in targets.values():
-        diffs += verify_restored(tree, out, hash_value, what)
+        diffs += materialise(tree, hash_value, out, what)
     return diffs
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from tasks.audit import (audit_frames, git, next_stage_tag, record_data, record_promotion, semver,
                          version_metadata, version_tag)
-from tasks.audit_run import AuditReport, Difference, compare_values, replay_params, verify_restored
+from tasks.audit_run import AuditReport, Difference, compare_values, materialise, replay_params
 from tasks.config import params_from_dict
 from tasks.registry import Registry
 from tasks.workspace import Workspace
@@ -88,13 +88,17 @@ def test_accuracy_matrix_covers_the_lineage(dvc_ws):
     assert frames["loss"]["loss"].tolist() == [0.9, 0.5]
 
 
-def test_a_changed_byte_in_restored_data_is_named(dvc_ws):
+def test_a_changed_byte_in_the_cache_is_named_when_restoring(dvc_ws, tmp_path):
     data_hash = record_data(Workspace.at(dvc_ws))["dvc_data_hash"]
-    raw = dvc_ws / "data" / "batches" / "b-1" / "raw" / "a.csv"
-    assert verify_restored(dvc_ws, dvc_ws / "data", data_hash, "data") == []
-    raw.write_text("text,label\nhellO,x\n")
-    (diff,) = verify_restored(dvc_ws, dvc_ws / "data", data_hash, "data")
-    assert diff.what == "data file batches/b-1/raw/a.csv (md5)"
+    assert materialise(dvc_ws, data_hash, tmp_path / "first", "data") == []
+    assert (tmp_path / "first" / "batches" / "b-1" / "raw" / "a.csv").read_text() == "text,label\nhello,x\n"
+    with Repo(str(dvc_ws)) as repo:
+        manifest = json.loads(Path(repo.cache.local.oid_to_path(data_hash)).read_text())
+        blob = Path(repo.cache.local.oid_to_path(manifest[0]["md5"]))
+    blob.chmod(0o644)
+    blob.write_text("text,label\nhellO,x\n")
+    (diff,) = materialise(dvc_ws, data_hash, tmp_path / "second", "data")
+    assert diff.what == "data file batches/b-1/raw/a.csv (md5)" and diff.recorded == manifest[0]["md5"]
 
 
 def test_next_stage_tag_counts_past_the_last_assignment(dvc_ws):

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.retrain import retrain
 from tasks.registry import Registry
+from tasks.storage import s3_client
 
 pytestmark = pytest.mark.slow  # two tiny trainings in-process plus two `dvc repro` rebuilds (~2-3 min)
 
@@ -74,6 +75,8 @@ def test_audit_rebuilds_a_promotion_and_names_what_differs(repo, tmp_path, toy, 
     assert json.loads((ws / "audit" / "metrics.json").read_text())["version"] == "v0002"
     diff = run(["dvc", "metrics", "diff", "model@v0.0.1", "model@v0.0.2", "--all", "--json"], ws).stdout
     assert "overall_accuracy" in diff and "slices.B" in diff
+    run(["dvc", "plots", "diff", "model@v0.0.1", "model@v0.0.2", "-o", str(tmp_path / "plots")], ws)
+    assert "audit/matrix.csv" in (tmp_path / "plots" / "index.html").read_text()
 
     # everything the audit needs now lives only on the S3 remote (pushed by each promotion)
     shutil.rmtree(ws / ".dvc" / "cache")
@@ -82,17 +85,22 @@ def test_audit_rebuilds_a_promotion_and_names_what_differs(repo, tmp_path, toy, 
     assert passed.exit_code == 0, passed.output
     assert passed.output.startswith("PASS") and "weights sha256" in passed.output
 
-    # one byte of the second training batch, changed inside the DVC cache
+    # one byte of the second training batch, changed in the DVC cache and on the remote
+    # (a cache-only change DVC heals by itself: fetch re-downloads an object whose hash fails)
     manifest = json.loads(_cache_path(ws, meta["dvc_data_hash"]).read_text())
     (entry,) = [e for e in manifest if e["relpath"].startswith(f"batches/{meta['batch_id']}/raw/")]
     blob = _cache_path(ws, entry["md5"])
     blob.chmod(0o644)
-    blob.write_bytes(blob.read_bytes()[:-2] + b"X\n")
+    honest = blob.read_bytes()
+    blob.write_bytes(honest[:-2] + b"X\n")
+    key = f"dvc/files/md5/{entry['md5'][:2]}/{entry['md5'][2:]}"
+    s3_client().put_object(Bucket=s3_bucket, Key=key, Body=blob.read_bytes())
     flipped = cli.invoke(app, ["audit", "v0002", "--workspace", str(ws)])
     assert flipped.exit_code == 3, flipped.output
     assert flipped.output.startswith("FAIL") and f"data file {entry['relpath']}" in flipped.output
 
-    shutil.rmtree(ws / ".dvc" / "cache")  # restore the honest bytes from the remote
+    s3_client().put_object(Bucket=s3_bucket, Key=key, Body=honest)  # the honest bytes back
+    shutil.rmtree(ws / ".dvc" / "cache")
     changed = cli.invoke(app, ["audit", "v0002", "--workspace", str(ws), "--set", "train.lr=0.003"])
     assert changed.exit_code == 3, changed.output
     assert "DIFFERS param train.lr" in changed.output and "DIFFERS weights sha256" in changed.output
