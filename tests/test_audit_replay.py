@@ -76,7 +76,7 @@ def test_audit_rebuilds_a_promotion_and_names_what_differs(repo, tmp_path, toy, 
     diff = run(["dvc", "metrics", "diff", "model@v0.0.1", "model@v0.0.2", "--all", "--json"], ws).stdout
     assert "overall_accuracy" in diff and "slices.B" in diff
     run(["dvc", "plots", "diff", "model@v0.0.1", "model@v0.0.2", "-o", str(tmp_path / "plots")], ws)
-    assert "audit/matrix.csv" in (tmp_path / "plots" / "index.html").read_text()
+    assert "audit_matrix_csv" in (tmp_path / "plots" / "index.html").read_text()
 
     # everything the audit needs now lives only on the S3 remote (pushed by each promotion)
     shutil.rmtree(ws / ".dvc" / "cache")
