@@ -468,6 +468,27 @@ def status(workspace: Path = typer.Option(Path("."), help="Repository root to wo
         _print_status(report)
 
 
+@app.command()
+def audit(version: str = typer.Argument(..., help="Registry version to rebuild, e.g. v0002."),
+          workspace: Path = typer.Option(Path("."), help="Repository root (git + DVC) to work in."),
+          set_: list[str] = typer.Option([], "--set", help="What-if: replay with a param changed."),
+          as_json: bool = typer.Option(False, "--json", help="The report as one JSON object.")) -> None:
+    """Rebuild VERSION from its recorded git revision, DVC data and params; compare.
+    Exit 0 PASS, 3 FAIL (the report names what differs), 2 when it cannot be audited."""
+    _quiet_defaults()
+    from tasks.audit import AuditError
+    from tasks.audit_run import audit_version
+    from tasks.registry import RegistryError
+
+    try:
+        report = audit_version(workspace, version, _overrides(set_))
+    except (AuditError, RegistryError) as exc:
+        console.print(f"[red]cannot audit:[/] {exc}", highlight=False)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.text())
+    raise typer.Exit(0 if report.passed else 3)
+
+
 def main() -> None:
     try:
         app()

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from tasks.audit import record_data, version_metadata
+from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import Params, load_params, params_hash
 from tasks.context import load_context
 from tasks.drift import drift_task
@@ -185,6 +185,7 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
         batch_ids=metadata["batch_ids"], candidate=cand_sheets["all"],
         champion=run.details.get("champion_scores") if run.champion else None)
     version = promote_task(run.reg, Path(candidate.path), metadata)
+    run.details["audit"] = record_promotion_task(run.ws, run.params, run.reg, version)  # DVC, git tags, push
     mirror = Mirror.from_config(run.params.registry)
     if mirror:
         try:

@@ -125,6 +125,9 @@ class AuditConfig:
     # ("none" = the base model), so any promotion can be rebuilt stage by stage
     batch: str = "data/landing/clinc150/01_banking.csv"
     parent: str = "none"
+    # after each promotion: git commit data.dvc/models/versions.dvc and GTO-style tags
+    # (off by default, so a run in someone's clone never commits behind their back)
+    git_commit: bool = False
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,10 @@ def test_dvc_repro_reproduces_the_first_promotion(repo, tmp_path, toy, prefect_s
         params[section].update(values)
     params["audit"] = {"batch": "data/landing/a.csv", "parent": "none"}
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    (ws / ".gitignore").write_text("/build\n/models\n/reports\n/.ratchet\n")
+    shutil.copyfile(repo / ".gitignore", ws / ".gitignore")  # models/versions.dvc must not be ignored
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         assert _run(cmd, ws).returncode == 0
+    shutil.copytree(repo / ".dvc" / "plots", ws / ".dvc" / "plots")  # the accuracy-matrix heatmap
     batch = ws / "data" / "landing" / "a.csv"
     batch.parent.mkdir(parents=True)
     toy(["weather", "music"], per_label=30, seed=5, slice_name="A").to_csv(batch, index=False)
@@ -44,6 +45,7 @@ def test_dvc_repro_reproduces_the_first_promotion(repo, tmp_path, toy, prefect_s
     assert outcome["status"] == "promoted"
     meta = Registry(ws / "models").metadata("v0001")
     assert meta["dvc_data_hash"] and (ws / "data.dvc").exists()
+    assert (ws / "models" / "versions.dvc").exists() and (ws / "audit" / "metrics.json").exists()
 
     first = _run(["dvc", "repro"], ws)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -55,3 +57,9 @@ def test_dvc_repro_reproduces_the_first_promotion(repo, tmp_path, toy, prefect_s
     assert second.returncode == 0, second.stdout + second.stderr
     assert "up to date" in second.stdout
     assert Registry(ws / "models").versions() == ["v0001"]
+
+    # `dvc plots show` renders the per-slice accuracy, the accuracy matrix and the loss, offline
+    html = _run(["dvc", "plots", "show", "-o", "plots"], ws)
+    assert html.returncode == 0, html.stdout + html.stderr
+    page = (ws / "plots" / "index.html").read_text()
+    assert all(f"audit_{name}_csv" in page for name in ("slices", "matrix", "loss"))  # one div per plot
