@@ -12,6 +12,8 @@ strategy that needs a missing key is skipped with that reason instead of faked.
 - `replay@P%`: the defaults with a buffer of P% of the stream's training rows.
 - `reservoir@5%`: plain reservoir selection, 5% buffer, no distillation: the baseline
   the defaults must beat.
+- `class_balanced@5%`: the defaults with class-balanced selection and a 5% buffer,
+  when the replay module has it.
 - `replay+distill`: the defaults with distillation on replayed rows, when the engine
   has `train.distill_weight`.
 - `joint`: one fine-tune from the base model on every training row of the stream.
@@ -66,6 +68,10 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
                                          "replay.capacity": max(1, math.ceil(0.05 * total_train)), **no_distill},
                         note="plain reservoir, 5% buffer, no distillation"))
     skipped = {}
+    # skipped by plan() with the config error when the replay module lacks it
+    out.append(Strategy("class_balanced@5%", {"replay.strategy": "class_balanced",
+                                              "replay.capacity": max(1, math.ceil(0.05 * total_train))},
+                        note="defaults with class-balanced selection, 5% buffer"))
     if distill:
         weight = getattr(defaults.train, DISTILL_KEY) or DEFAULT_DISTILL
         out.append(Strategy("replay+distill", {f"train.{DISTILL_KEY}": weight},
