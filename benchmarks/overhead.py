@@ -61,6 +61,14 @@ def task_seconds(flow_run_id, patience_s: float = 30.0) -> dict[str, float]:
 
 
 def flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    # Prefect may already be imported (and its settings read) before offline_env ran
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
+        return _flow_vs_bare(params_path, overrides, workdir)
+
+
+def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
     from flows.retrain import retrain
     from flows.stream import write_clinc150_batches
     from tasks.config import load_params
@@ -76,6 +84,8 @@ def flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
     retrain(batch=str(first), workspace=str(ws), overrides=overrides)
     warmup_s = time.perf_counter() - started
 
+    reg = Registry(ws / "models")
+    before = reg.resolve("production")
     started = time.perf_counter()
     state = retrain(batch=str(second), workspace=str(ws), overrides=overrides, return_state=True)
     wall = time.perf_counter() - started
@@ -84,8 +94,7 @@ def flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
 
     params = load_params(ws / "params.yaml", overrides)
     train = split_batch(parse_bytes(second.read_bytes(), second.name), "bare", params.intake.test_share).train
-    reg = Registry(ws / "models")
-    champion = reg.path(reg.versions()[0])
+    champion = reg.path(before) if before else None  # what the flow trained from
     started = time.perf_counter()
     bare = train_candidate(champion_dir=champion, train_rows=train, out_dir=workdir / "bare", params=params)
     bare_s = time.perf_counter() - started
