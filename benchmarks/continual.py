@@ -97,8 +97,9 @@ def retrain_each(batches: list[Batch], epochs: int, joint: dict | None) -> dict:
 
 def run_stream(stream: str, batches: list[Batch], *, scale: str, params_path: Path, overrides: dict,
                wanted: list[str] | None, sweep: list[float], isolate: bool, workdir: Path,
-               command: str, threads: int | None = None) -> dict:
-    """All strategies over one stream; returns the results document."""
+               command: str, threads: int | None = None, progress=None) -> dict:
+    """All strategies over one stream; returns the results document. `progress(doc)` is
+    called after each strategy, so a long run that is stopped keeps what it measured."""
     from benchmarks.strategies import plan
 
     total = sum(len(b.train) for b in batches)
@@ -122,6 +123,8 @@ def run_stream(stream: str, batches: list[Batch], *, scale: str, params_path: Pa
         doc["details"][s.name] = {"note": s.note, "gate": s.gate, "overrides": s.overrides,
                                   "replay": dataclasses.asdict(p.replay), "train": dataclasses.asdict(p.train), "batches": out["batches"]}
         print(f"[{stream}] {s.name}: acc {out['result']['acc']} in {time.perf_counter() - started:.0f} s", flush=True)
+        if progress:
+            progress(doc)
     for name, twin in chosen.same_as.items():
         if twin in doc["strategies"]:
             doc["strategies"][name] = doc["strategies"][twin]
@@ -187,12 +190,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
                    "skipped_stream": str(exc)}
             written.append(_write(doc, args.out / f"continual_{stream}_{args.scale}.json"))
             continue
+        path = args.out / f"continual_{stream}_{args.scale}.json"
         sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else (SWEEP if stream in SWEEP_STREAMS else [])
         with tempfile.TemporaryDirectory(prefix="ratchet-bench-") as work:
             doc = run_stream(stream, batches, scale=args.scale, params_path=args.params, overrides=overrides,
                              wanted=wanted, sweep=sweep, isolate=not args.no_isolate, workdir=Path(work),
-                             command=command, threads=args.threads)
-        path = _write(doc, args.out / f"continual_{stream}_{args.scale}.json")
+                             command=command, threads=args.threads,
+                             progress=lambda partial, path=path: _write({**partial, "partial": True}, path))
+        _write(doc, path)
         written.append(path)
         if not args.no_plots:
             from benchmarks.plots import plot_results

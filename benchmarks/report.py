@@ -35,7 +35,8 @@ def stream_table(doc: dict) -> list[str]:
     each = (s.get("retrain_each") or {}).get("samples")
     m = doc.get("machine", {})
     load = f"load {m.get('load_avg_1m_at_start', '?')} → {m.get('load_avg_1m_at_end', '?')}"
-    lines = [f"**{doc['stream']}** ({doc['scale']}; {doc['date']}; {m.get('cpus')} CPUs, torch {m.get('torch')}, "
+    partial = " — PARTIAL: stopped before every strategy ran" if doc.get("partial") else ""
+    lines = [f"**{doc['stream']}**{partial} ({doc['scale']}; {doc['date']}; {m.get('cpus')} CPUs, torch {m.get('torch')}, "
              f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}, {load}) — `{doc['command']}`", "",
              "| strategy | ACC | of joint | BWT | max forgetting | samples | of retrain_each | wall s | samples/s "
              "| peak MB | promoted / rejected |", "|---|---|---|---|---|---|---|---|---|---|---|"]
