@@ -46,11 +46,15 @@ def stream_table(doc: dict) -> list[str]:
         gate = "-" if r["promotions"] is None else f"{r['promotions']} / {r['rejections']}"
         wall = _num(r["wall_s"], ",.0f") + (" (est.)" if name == "retrain_each" and r["wall_s"] else "")
         lines.append(f"| {name} | {_pct(r['acc'])} | {_pct(of_joint, 0)} | {_pts(r['bwt'])} | "
-                     f"{_pts(r['max_forgetting'])} | {_num(r['samples'])} | {_pct(of_each, 0)} | {wall} | "
+                     f"{_forget(r['max_forgetting'])} | {_num(r['samples'])} | {_pct(of_each, 0)} | {wall} | "
                      f"{_num(r['samples_per_s'], ',.0f')} | {_num(r['peak_mem_mb'], ',.0f')} | {gate} |")
     for name, why in doc.get("skipped", {}).items():
         lines.append(f"| {name} | skipped: {why} |||||||||")
     return lines + [""]
+
+
+def _forget(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} pts"
 
 
 def _pts(x: float | None) -> str:
