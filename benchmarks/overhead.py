@@ -142,7 +142,7 @@ def stage_timings(sizes: list[int], params_path: Path, workdir: Path) -> list[di
         frame = parse_bytes(raw, "batch.csv")
         split = split_batch(frame, "b", params.intake.test_share)
         t1 = time.perf_counter()
-        checked = validate_task.fn(frame, params.validate, None)
+        checked = validate_task.fn(frame, params.validate, None, labels=params.labels)
         t2 = time.perf_counter()
         drift_task.fn(pd.concat([split.train, split.test], ignore_index=True), reference, params.drift,
                       workdir / f"drift-{n}", params.train.seed)
