@@ -107,6 +107,8 @@ def section(results: Path, scale: str) -> str:
              "see benchmarks/README.md for definitions). ACC: final mean accuracy over every batch's "
              "held-out rows; BWT and forgetting in accuracy points (negative BWT = forgetting); samples: "
              "training rows processed, replay included.", ""]
+    if not docs and not overhead:
+        lines += ["No results at this scale yet: run `make bench`.", ""]
     lines += targets(docs.get("clinc150"), overhead)
     for name, doc in docs.items():
         lines += ([f"**{name}**: skipped — {doc['skipped_stream']}", ""] if doc.get("skipped_stream")
