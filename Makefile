@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-all test-slow repro bench clean
+.PHONY: install run serve test test-all test-slow repro bench clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/ratchet demo --domains $(DOMAINS)
+
+# the deployments (manual, nightly, landing-zone watcher); needs PREFECT_API_URL -> a server
+serve: $(STAMP)
+	$(BIN)/ratchet serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q

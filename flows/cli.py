@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -86,6 +87,8 @@ def retrain(batch: str = typer.Option(..., "--batch", help="Batch file: CSV, JSO
         console.print(f"  - {escape(reason)}", highlight=False)  # reasons quote delivered text
     if outcome["details"].get("gate_table"):
         console.print(outcome["details"]["gate_table"])
+    if (outcome["details"].get("mirror") or {}).get("error"):
+        console.print(f"[yellow]S3 mirror not updated:[/] {outcome['details']['mirror']['error']}")
     console.print(f"  decision: reports/{outcome['run_id']}/decision.json")
     raise typer.Exit(outcome["exit_code"])
 
@@ -187,6 +190,37 @@ def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), 
     console.print(f"summary: {out}")
 
 
+@app.command()
+def serve(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+          limit: Optional[int] = typer.Option(None, help="Most flow runs at once (default: no limit).")) -> None:
+    """Serve the deployments: manual retrain runs, the nightly sweep (ops.schedule_cron) and
+    the landing-zone watcher. Needs PREFECT_API_URL pointing at a `prefect server start`."""
+    _quiet_defaults()
+    from flows.deploy import serve_all
+
+    serve_all(str(workspace.resolve()), limit=limit)
+
+
+@app.command()
+def watch(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+          landing: Optional[str] = typer.Option(None, help="Folder or s3://bucket/prefix (default: ops.landing)."),
+          fan_out: bool = typer.Option(False, help="Start each batch as a run of the ratchet-retrain deployment.")) -> None:
+    """One sweep of the landing zone now: every new batch, oldest first, exactly once."""
+    _quiet_defaults()
+    from flows.deploy import sweep_landing
+    from tasks.landing import LandingBusy
+
+    try:
+        handled = sweep_landing(workspace=str(workspace.resolve()), landing=landing, fan_out=fan_out)
+    except LandingBusy as exc:
+        console.print(f"[yellow]{exc}[/]")
+        raise typer.Exit(0)
+    for entry in handled:
+        console.print(f"{entry['status']:>11}  {entry['batch_id']}  {entry['uri']}")
+    if not handled:
+        console.print("no new batches")
+
+
 def _machine() -> dict:
     import platform
 
@@ -213,6 +247,23 @@ def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     console.print(table)
 
 
+@contextmanager
+def _alias_lock(workspace: Path):
+    """The flock a retrain run holds from resolving production to promoting: a manual move
+    waits for a run in progress on this host instead of being overwritten by it."""
+    from tasks.lock import LockTimeout, file_lock
+
+    path = workspace.resolve() / "models" / ".promote.lock"
+    try:
+        with file_lock(path, 0):
+            yield
+            return
+    except LockTimeout:
+        console.print("a retrain run holds the registry; waiting for it to finish…")
+    with file_lock(path, None):
+        yield
+
+
 def _registry(workspace: Path):
     from tasks.registry import Registry
 
@@ -226,11 +277,13 @@ def models_promote(version: str, workspace: Path = typer.Option(Path(".")),
     from tasks.registry import RegistryError
 
     try:
-        _registry(workspace).promote(version, reason)
+        with _alias_lock(workspace):
+            _registry(workspace).promote(version, reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
     console.print(f"production -> {version}")
+    _publish(workspace, version, reason)
 
 
 @app.command()
@@ -242,11 +295,94 @@ def rollback(workspace: Path = typer.Option(Path("."), help="Repository root to 
     reg = _registry(workspace)
     current = reg.resolve("production")
     try:
-        version = reg.rollback(reason)
+        with _alias_lock(workspace):
+            version = reg.rollback(reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
     console.print(f"production -> {version} (was {current})")
+    _publish(workspace, version, reason)
+
+
+def _mirror(workspace: Path):
+    """The S3 mirror params.yaml names (`registry.mirror`), or None."""
+    from tasks.config import ConfigError, load_params
+    from tasks.registry_s3 import Mirror
+
+    try:
+        return Mirror.from_config(load_params(workspace.resolve() / "params.yaml").registry)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2)
+
+
+def _publish(workspace: Path, version: str | None, reason: str | None) -> None:
+    """After a local alias move: the same move on the mirror, when there is one. Exit 1
+    when it fails: production moved here but not for machines that pull from S3."""
+    mirror = _mirror(workspace)
+    if mirror is None:
+        return
+    from tasks.registry import RegistryError
+    from tasks.registry_s3 import publish
+    from tasks.storage import StorageError
+
+    try:
+        done = publish(_registry(workspace), mirror, version, reason)
+    except (RegistryError, StorageError) as exc:
+        console.print(f"[red]S3 mirror not updated:[/] {exc}\n  retry: ratchet models push {version or ''}",
+                      soft_wrap=True, highlight=False)
+        raise typer.Exit(1)
+    console.print(f"mirror {done['mirror']}: {done['version']} pushed, production -> {done['production']}",
+                  soft_wrap=True, highlight=False)
+
+
+@models_app.command("push")
+def models_push(version: Optional[str] = typer.Argument(None, help="Default: the local production."),
+                workspace: Path = typer.Option(Path(".")),
+                reason: Optional[str] = typer.Option(None, help="Why; recorded in the mirror's history/.")) -> None:
+    """Upload a version to the S3 mirror (registry.mirror) and move its production there
+    when it is the local production. Completes an interrupted push; safe to rerun."""
+    if _mirror(workspace) is None:
+        console.print("[red]error:[/] no registry.mirror in params.yaml")
+        raise typer.Exit(2)
+    _publish(workspace, version, reason)
+
+
+@models_app.command("pull")
+def models_pull(version: Optional[str] = typer.Argument(None, help="Default: the mirror's production."),
+                workspace: Path = typer.Option(Path(".")),
+                promote: bool = typer.Option(True, help="Make the pulled version the local production.")) -> None:
+    """Restore a version from the S3 mirror into models/, checking every file's SHA-256
+    first; a fresh machine runs this, then loads models/production."""
+    from tasks.registry import RegistryError
+    from tasks.registry_s3 import pull
+    from tasks.storage import StorageError
+
+    mirror = _mirror(workspace)
+    if mirror is None:
+        console.print("[red]error:[/] no registry.mirror in params.yaml")
+        raise typer.Exit(2)
+    try:
+        got = pull(mirror, _registry(workspace), version, promote=promote)
+    except (RegistryError, StorageError) as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"pulled {got} from {mirror.uri}" + (f"; production -> {got}" if promote else ""),
+                  soft_wrap=True, highlight=False)
+
+
+def mirror_report(reg, mirror) -> dict:
+    """Where the S3 mirror's production is, and whether it matches the local one."""
+    from tasks.registry_s3 import MirrorError
+    from tasks.storage import StorageError
+
+    try:
+        remote = mirror.aliases()[0].get("production")
+        versions = mirror.versions()
+    except (MirrorError, StorageError) as exc:
+        return {"uri": mirror.uri, "error": str(exc)}
+    return {"uri": mirror.uri, "production": remote, "versions": versions,
+            "in_sync": remote == reg.resolve("production")}
 
 
 def status_report(reg) -> dict:
@@ -261,10 +397,14 @@ def status_report(reg) -> dict:
             integrity[version] = reg.verify(version)
         except RegistryError as exc:  # e.g. a half-written directory without metadata.json
             integrity[version] = [str(exc)]
+    from tasks.matrix import summary
+
     history = reg.history()
+    record = reg.metadata(production).get("accuracy_matrix") if production else None
     return {"production": production, "lineage": reg.lineage(production) if production else [],
             "aliases": reg.aliases(), "last_move": history[-1] if history else None,
-            "versions": [{"version": v, "intact": not p, "problems": p} for v, p in integrity.items()]}
+            "versions": [{"version": v, "intact": not p, "problems": p} for v, p in integrity.items()],
+            "continual": {"accuracy_matrix": record, **(summary(record) or {})} if record else None}
 
 
 def _print_status(report: dict) -> None:
@@ -288,6 +428,30 @@ def _print_status(report: dict) -> None:
     for v in report["versions"]:
         verdict = "[green]intact[/]" if v["intact"] else "[red]" + escape("; ".join(v["problems"])) + "[/]"
         console.print(f"  {v['version']}: {verdict}", highlight=False)
+    _print_continual(report.get("continual"))
+    m = report.get("mirror")
+    if m:
+        state = (f"[red]{escape(m['error'])}[/]" if m.get("error") else f"production {m['production'] or 'none'}, "
+                 f"{len(m['versions'])} versions, " + ("[green]in sync[/]" if m["in_sync"] else "[yellow]behind[/]"))
+        console.print(f"mirror {m['uri']}: {state}", highlight=False, soft_wrap=True)
+
+
+def _print_continual(continual: dict | None) -> None:
+    """The production lineage's accuracy matrix, BWT and forgetting (tasks/matrix.py)."""
+    if not continual:
+        return
+    record = continual["accuracy_matrix"]
+    table = Table(title="accuracy matrix: rows = versions (learned batch), columns = batch held-out sets")
+    for column in ["version", "learned", *[str(b)[:12] for b in record["batches"]]]:
+        table.add_column(column)
+    for row, values in zip(record["rows"], record["accuracy"]):
+        table.add_row(str(row["version"]), str(row["batch_id"])[:12], *["-" if v is None else f"{v:.3f}" for v in values])
+    console.print(table)
+    fmt = lambda v: "-" if v is None else f"{v:+.3f}"  # noqa: E731
+    console.print(f"BWT {fmt(continual.get('bwt'))}, average forgetting {fmt(continual.get('average_forgetting'))}")
+    forgot = ", ".join(f"{k} {v:+.3f}" for k, v in sorted((continual.get("slice_forgetting") or {}).items()))
+    if forgot:
+        console.print(f"forgetting per slice: {forgot}", soft_wrap=True)
 
 
 @app.command()
@@ -295,6 +459,9 @@ def status(workspace: Path = typer.Option(Path("."), help="Repository root to wo
            as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
     """Production, its lineage back to the first batch, aliases, integrity of every version."""
     report = status_report(_registry(workspace))
+    mirror = _mirror(workspace)
+    if mirror:
+        report["mirror"] = mirror_report(_registry(workspace), mirror)
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
     else:

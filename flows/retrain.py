@@ -27,9 +27,14 @@ from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import gate_task
-from tasks.intake import Intake, Split, intake_task, is_known, load_train, split_task
+from tasks.intake import Intake, Split, batch_id_for, intake_task, is_known, load_train, split_task
+from tasks.lock import promotion_lock
+from tasks.matrix import extend
+from tasks.notify import publish
 from tasks.quarantine import quarantine_batch, quarantine_rows
-from tasks.registry import Registry, promote_task
+from tasks.registry import Registry, RegistryError, promote_task
+from tasks.registry_s3 import Mirror, publish_task
+from tasks.storage import StorageError
 from tasks.validate import validate_task
 from tasks.workspace import Workspace
 
@@ -77,7 +82,15 @@ def _finish(outcome: Outcome, ws: Workspace) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "decision.json").write_text(json.dumps(outcome.to_dict(), indent=2, default=str))
     get_run_logger().info("batch %s: %s (%s)", outcome.batch_id, outcome.status, "; ".join(outcome.reasons))
+    publish(outcome.to_dict(), run_dir, _ops(ws).webhook_url)  # Prefect artifacts + webhook
     return outcome.to_dict()
+
+
+def _ops(ws: Workspace):
+    """This run's ops settings: params.yaml with the run's own overrides, as at its start."""
+    from prefect.runtime import flow_run
+
+    return load_params(ws.params_path, flow_run.parameters.get("overrides")).ops
 
 
 def _stamp() -> str:
@@ -87,7 +100,26 @@ def _stamp() -> str:
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
-    return f"retrain-{Path(str(flow_run.parameters.get('batch', 'batch'))).stem}"
+    batch = Path(str(flow_run.parameters.get("batch", "batch")))
+    try:  # the batch id is the content hash: the same one intake will give it
+        return f"retrain-{batch.stem}-{batch_id_for(batch.read_bytes())}"
+    except OSError:
+        return f"retrain-{batch.stem}"
+
+
+def _claim_production(run: Run, batch_id: str, force: bool) -> tuple[list[str], Outcome | None]:
+    """Inside the promotion lock: production may have moved while this run waited, so
+    train from and judge against the current one; a batch a concurrent run has just
+    promoted is not trained on twice."""
+    current = run.reg.resolve("production")
+    if current != run.champion:
+        run.details["champion_moved"] = {"from": run.champion, "to": current}
+        run.champion = current
+    lineage = run.reg.metadata(current)["batch_ids"] if current else []
+    if batch_id in lineage and not force:
+        return lineage, run.outcome("skipped", batch_id, [
+            f"batch {batch_id} was promoted into {current} by a concurrent run while this one waited"])
+    return lineage, None
 
 
 def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
@@ -141,12 +173,27 @@ def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
 
 
 def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: str, lineage: list[str]) -> str:
-    """Register the candidate as a new immutable version and move production to it."""
+    """Register the candidate as a new immutable version (with the lineage's accuracy
+    matrix grown by one row), move production to it, then mirror it when configured."""
     metadata = version_metadata(
         run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
         metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
         run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws))
-    return promote_task(run.reg, Path(candidate.path), metadata)
+    parent = run.reg.metadata(run.champion) if run.champion else {}
+    metadata["accuracy_matrix"] = extend(
+        parent.get("accuracy_matrix"), parent_version=run.champion, batch_id=batch_id,
+        batch_ids=metadata["batch_ids"], candidate=cand_sheets["all"],
+        champion=run.details.get("champion_scores") if run.champion else None)
+    version = promote_task(run.reg, Path(candidate.path), metadata)
+    mirror = Mirror.from_config(run.params.registry)
+    if mirror:
+        try:
+            run.details["mirror"] = publish_task(run.reg, mirror, version)
+        except (RegistryError, StorageError) as exc:  # production moved locally; the mirror catches up on a retry
+            run.details["mirror"] = {"mirror": mirror.uri, "version": version, "error": str(exc),
+                                     "retry": f"ratchet models push {version}"}
+            get_run_logger().warning("S3 mirror not updated: %s (retry: ratchet models push %s)", exc, version)
+    return version
 
 
 @flow(name="retrain", flow_run_name=_run_name, log_prints=True)
@@ -176,11 +223,16 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     if settled:
         return _finish(settled, ws)
 
-    candidate, cand_sheets, decision = _train_and_judge(run, split, got.batch_id, lineage)
-    try:
-        if not decision.promote:
-            return _finish(run.outcome("rejected", got.batch_id, decision.reasons), ws)
-        version = _promote_stage(run, candidate, cand_sheets, decision, got.batch_id, lineage)
-        return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), ws)
-    finally:
-        shutil.rmtree(candidate.path, ignore_errors=True)
+    ops = run.params.ops  # one run at a time trains from, judges against and moves production
+    with promotion_lock(ws.models_dir, ops.promote_limit, ops.lock_timeout_seconds):
+        lineage, settled = _claim_production(run, got.batch_id, force)
+        if settled:
+            return _finish(settled, ws)
+        candidate, cand_sheets, decision = _train_and_judge(run, split, got.batch_id, lineage)
+        try:
+            if not decision.promote:
+                return _finish(run.outcome("rejected", got.batch_id, decision.reasons), ws)
+            version = _promote_stage(run, candidate, cand_sheets, decision, got.batch_id, lineage)
+            return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), ws)
+        finally:
+            shutil.rmtree(candidate.path, ignore_errors=True)

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from tasks.matrix import summary
+
 FRONT_MATTER = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": ["ratchet"]}
 
 
@@ -87,6 +89,30 @@ def _metrics(metadata: dict) -> list[str]:
     return lines + _table(["slice", "rows", "accuracy", "macro-F1"], rows)
 
 
+def _continual(metadata: dict) -> list[str]:
+    """The accuracy matrix of the production lineage, with backward transfer and forgetting."""
+    record = metadata.get("accuracy_matrix")
+    if not isinstance(record, dict) or not record.get("rows"):
+        return []
+    batches = record.get("batches") or []
+    rows = [[r.get("version") or metadata.get("version"), r.get("batch_id"), *values]
+            for r, values in zip(record["rows"], record.get("accuracy") or [])]
+    lines = ["## Continual learning", "",
+             "Accuracy of each version in this model's lineage (rows, oldest first; each learned the batch "
+             "named) on each batch's held-out rows (columns). A cell above the diagonal is the earlier "
+             "model's score on a batch before learning it; `-` = never examined.", ""]
+    lines += _table(["version", "learned", *[f"batch {i + 1}" for i in range(len(batches))]], rows)
+    lines += ["", "Columns: " + ", ".join(f"batch {i + 1} = {_code(b)}" for i, b in enumerate(batches))]
+    got = summary(record) or {}
+    lines += ["", f"- backward transfer (BWT, Lopez-Paz & Ranzato 2017): {_cell(got.get('bwt'))}",
+              f"- average forgetting (Chaudhry et al. 2018): {_cell(got.get('average_forgetting'))}"]
+    forgot = got.get("slice_forgetting") or {}
+    if forgot:
+        lines += ["", "Forgetting per slice (best earlier accuracy minus this version's):", ""]
+        lines += _table(["slice", "forgetting"], [[name, value] for name, value in sorted(forgot.items())])
+    return lines
+
+
 def _gate(metadata: dict) -> list[str]:
     gate = metadata.get("gate")
     checks = gate.get("checks") if isinstance(gate, dict) else None
@@ -115,5 +141,5 @@ def render_card(metadata: dict, lineage: list[dict]) -> str:
     version, batch_id, source, created_at and accuracy (see Registry.lineage)."""
     front = "---\n" + yaml.safe_dump(FRONT_MATTER, sort_keys=False) + "---"
     sections = [_about(metadata, lineage), _labels(metadata), _lineage(lineage), _metrics(metadata),
-                _gate(metadata), _usage()]
+                _continual(metadata), _gate(metadata), _usage()]
     return front + "\n\n" + "\n\n".join("\n".join(s) for s in sections if s) + "\n"

@@ -128,6 +128,29 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    # s3://bucket/prefix every promotion is mirrored to ("" = the local registry only);
+    # endpoint_url for S3-compatible stores ("" = the standard AWS settings)
+    mirror: str = ""
+    endpoint_url: str = ""
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    # Deployments (flows/deploy.py): the nightly sweep of the landing zone, and how often
+    # the watcher looks; `landing` is a folder (relative to the workspace) or s3://bucket/prefix
+    schedule_cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    landing: str = "data/landing"
+    watch_interval_seconds: int = 60
+    # a JSON summary of every decision is POSTed here; "" = no webhook
+    webhook_url: str = ""
+    # the Prefect global concurrency limit (1 slot) that serialises promotions per registry
+    promote_limit: str = "ratchet-promote"
+    lock_timeout_seconds: int = 3600
+
+
+@dataclass(frozen=True)
 class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
@@ -139,6 +162,8 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,6 +240,9 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
         codecs.lookup(params.validate.encoding)
     except LookupError:
         raise ConfigError(f"params: validate.encoding: unknown encoding {params.validate.encoding!r}") from None
+    mirror = params.registry.mirror
+    if mirror and not (mirror.startswith("s3://") and mirror[len("s3://"):].strip("/")):
+        raise ConfigError(f"params: registry.mirror must be an s3://bucket/prefix URI, got {mirror!r}")
     return params
 
 

@@ -1,8 +1,10 @@
 """Evaluate: the exam. Candidate and champion answer every held-out slice seen so far.
 
 The exam is the union of the held-out rows of every accepted batch (data/exam/). A
-model is scored per slice (accuracy, macro-F1, rows) and overall; the gate compares the
-two score sheets. Labels a model has never seen simply count as errors for it.
+model is scored overall, per slice and per batch held-out set (accuracy, macro-F1, rows,
+and precision/recall/F1/support per label); the gate compares the two score sheets and
+tasks/matrix.py keeps the per-batch accuracies across versions. Labels a model has never
+seen simply count as errors for it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from tasks.model import Classifier
 
@@ -51,12 +53,27 @@ def score(gold: pd.Series, pred: pd.Series) -> SliceScore:
     )
 
 
+def label_scores(gold: pd.Series, pred: pd.Series) -> dict[str, dict]:
+    """{label: {precision, recall, f1, support}} for every gold label present, so a drop
+    hidden in an average (one intent collapsing) shows up by name."""
+    gold, pred = gold.astype(str).values, pred.astype(str).values
+    labels = sorted(set(gold))
+    if not labels:
+        return {}
+    p, r, f, n = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
+    return {label: {"precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
+                    "f1": round(float(f[i]), 4), "support": int(n[i])} for i, label in enumerate(labels)}
+
+
 def sheet(exam: pd.DataFrame, pred: pd.Series) -> dict:
-    """Score sheet: {"overall": {...}, "slices": {slice: {...}}, "batches": {batch_id: {...}}}."""
-    out = {"overall": asdict(score(exam["label"], pred)), "slices": {}, "batches": {}}
+    """Score sheet: {"overall": {...}, "slices": {slice: {...}}, "batches": {batch_id: {...}},
+    "per_label": {"overall": {label: {...}}, "slices": {slice: {label: ...}}, "batches": ...}}."""
+    out = {"overall": asdict(score(exam["label"], pred)), "slices": {}, "batches": {},
+           "per_label": {"overall": label_scores(exam["label"], pred), "slices": {}, "batches": {}}}
     for key, column in (("slices", "slice"), ("batches", "batch_id")):
         for name, group in exam.groupby(column, sort=True):
             out[key][str(name)] = asdict(score(group["label"], pred.loc[group.index]))
+            out["per_label"][key][str(name)] = label_scores(group["label"], pred.loc[group.index])
     return out
 
 

@@ -8,7 +8,8 @@ models/
 
 A version appears by renaming a fully written temporary directory, and an alias moves
 by one `os.replace` of aliases.json, so a crash at any moment leaves production pointing
-at a complete version. Rollback is moving the alias back.
+at a complete version. Rollback is moving the alias back. Numbering and alias moves hold
+an flock on models/.lock, so concurrent promotions never share a number or lose a move.
 
 Each version's metadata.json records the SHA-256 and size of every other file in it
 (`files`, `file_sizes`), and production only ever moves to a version that still matches
@@ -19,16 +20,20 @@ README.md model card (tasks/card.py), hashed like any other file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from tasks.card import render_card
 from tasks.integrity import WEIGHTS_FILE, check, check_weights, manifest, sha256_file
+from tasks.matrix import extend, stamp
 
 CARD_FILE = "README.md"
 LABEL_MAP_FILE = "label_map.json"  # as tasks.model writes it; not imported, to keep torch out
@@ -78,29 +83,42 @@ class Registry:
     def history_path(self) -> Path:
         return self.root / "history.jsonl"
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on models/.lock (flock: across processes and threads) around
+        numbering and alias moves, so two promotions at once get distinct versions and both
+        history lines. Not reentrant: hold it around the smallest step that needs it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # blocks until the other writer is done
+            yield  # closing the file releases the lock
+
     def register(self, candidate_dir: Path, metadata: dict) -> str:
         """Copy a candidate in as the next immutable version; returns its name."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        existing = self.versions()
-        version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.versions_dir))
         try:
             shutil.copytree(candidate_dir, staging, dirs_exist_ok=True)
-            metadata = self._seal(staging, {**metadata, "version": version})
-            (staging / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
-            os.rename(staging, self.versions_dir / version)
+            hashed = manifest(staging)  # the slow part (each file read once), outside the lock
+            with self.lock():
+                existing = self.versions()
+                version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
+                metadata = self._seal(staging, {**metadata, "version": version}, *hashed)
+                (staging / "metadata.json").write_text(json.dumps(metadata, indent=2, default=str))
+                os.rename(staging, self.versions_dir / version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return version
 
-    def _seal(self, staging: Path, metadata: dict) -> dict:
-        """Write the model card, then hash every file (card included) into the metadata;
-        last, so the hashes describe exactly what is renamed into place."""
-        files, sizes = manifest(staging)  # each file is read and hashed once, here
+    def _seal(self, staging: Path, metadata: dict, files: dict[str, str], sizes: dict[str, int]) -> dict:
+        """Write the model card, then add its hash to the candidate's file hashes in the
+        metadata; last, so the hashes describe exactly what is renamed into place."""
         if WEIGHTS_FILE not in files:
             raise RegistryError(f"registry: the candidate has no {WEIGHTS_FILE}")
         metadata = {**metadata, "weights_sha256": files[WEIGHTS_FILE]}
+        if metadata.get("accuracy_matrix"):  # its newest row is this version
+            metadata["accuracy_matrix"] = stamp(metadata["accuracy_matrix"], metadata["version"])
         label_map = staging / LABEL_MAP_FILE
         if "labels" not in metadata and label_map.is_file():
             metadata["labels"] = json.loads(label_map.read_text()).get("labels", [])
@@ -154,18 +172,20 @@ class Registry:
 
     def set_alias(self, alias: str, version: str, reason: str | None = None) -> None:
         """Point `alias` at `version` with one atomic replace of aliases.json."""
-        self._move({alias: version}, reason)
+        with self.lock():
+            self._move({alias: version}, reason)
 
     def promote(self, version: str, reason: str | None = None) -> None:
         """Make `version` production; the old production becomes `previous` (one write).
         A version that fails its integrity check is refused: production never moves onto
         bytes that differ from the ones the gate judged."""
         self.checked_path(version)
-        current = self.resolve("production")
-        moves = {"production": version}
-        if current and current != version:
-            moves["previous"] = current
-        self._move(moves, reason)
+        with self.lock():  # read the current production and move it in one step
+            current = self.resolve("production")
+            moves = {"production": version}
+            if current and current != version:
+                moves["previous"] = current
+            self._move(moves, reason)
 
     def rollback(self, reason: str | None = None) -> str:
         """Move production back to `previous` (which then names the rolled-back version)."""
@@ -182,6 +202,7 @@ class Registry:
         return [json.loads(line) for line in self.history_path.read_text().splitlines() if line.strip()]
 
     def _move(self, moves: dict[str, str], reason: str | None = None) -> None:
+        """Callers hold self.lock()."""
         for version in moves.values():
             self.path(version)  # never point at a missing version
         before = self.aliases()
@@ -285,6 +306,11 @@ def main() -> None:
         meta = version_metadata(p, parent=record["parent"], lineage=pipeline.lineage(p), batch_id=pipeline.batch_id(),
                                 source=p.audit.batch, metrics=scores["candidate"]["all"], gate=decision,
                                 train=pipeline.read_json(pipeline.BUILD / "finetune" / "metrics.json"), run_id="dvc")
+        parent_meta = reg.metadata(record["parent"]) if record["parent"] else {}
+        meta["accuracy_matrix"] = extend(parent_meta.get("accuracy_matrix"), parent_version=record["parent"],
+                                         batch_id=meta["batch_id"], batch_ids=meta["batch_ids"],
+                                         candidate=scores["candidate"]["all"],
+                                         champion=scores["champion"]["all"] if record["parent"] else None)
         if record["parent"] == reg.resolve("production"):
             record |= {"status": "promoted", "version": register_and_promote(reg, candidate, meta)}
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -140,3 +142,94 @@ def test_status_human_and_empty(tmp_path):
 
     empty = runner.invoke(app, ["status", "--json", "--workspace", str(tmp_path / "none")])
     assert empty.exit_code == 0 and json.loads(empty.output)["production"] is None
+
+
+# --- the S3 mirror and the accuracy matrix through the CLI ------------------------------
+
+def with_mirror(ws, bucket: str) -> str:
+    uri = f"s3://{bucket}/registry"
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "params.yaml").write_text(f"registry: {{mirror: '{uri}'}}\n")
+    return uri
+
+
+def test_push_status_rollback_and_pull_through_the_mirror(tmp_path, s3_bucket):
+    import json
+
+    ws, reg = registry_with(tmp_path, 2)
+    with_mirror(ws, s3_bucket)
+    status = json.loads(runner.invoke(app, ["status", "--json", "--workspace", str(ws)]).output)
+    assert status["mirror"]["production"] is None and status["mirror"]["in_sync"] is False
+
+    pushed = runner.invoke(app, ["models", "push", "v0001", "--workspace", str(ws)])
+    assert pushed.exit_code == 0, pushed.output
+    assert "production -> None" in pushed.output  # v0001 is not the local production: pushed only
+    pushed = runner.invoke(app, ["models", "push", "--workspace", str(ws)])
+    assert pushed.exit_code == 0 and "v0002 pushed, production -> v0002" in pushed.output, pushed.output
+    status = json.loads(runner.invoke(app, ["status", "--json", "--workspace", str(ws)]).output)
+    assert status["mirror"] == {"uri": f"s3://{s3_bucket}/registry", "production": "v0002",
+                                "versions": ["v0001", "v0002"], "in_sync": True}
+
+    rolled = runner.invoke(app, ["rollback", "--workspace", str(ws), "--reason", "bad answers"])
+    assert rolled.exit_code == 0 and "production -> v0001" in rolled.output.splitlines()[-1], rolled.output
+    human = runner.invoke(app, ["status", "--workspace", str(ws)]).output
+    assert "production v0001, 2 versions, in sync" in human
+
+    fresh = tmp_path / "fresh"
+    with_mirror(fresh, s3_bucket)
+    pulled = runner.invoke(app, ["models", "pull", "--workspace", str(fresh)])
+    assert pulled.exit_code == 0 and "pulled v0001" in pulled.output, pulled.output
+    from tasks.registry import Registry
+
+    assert Registry(fresh / "models").resolve("production") == "v0001"
+    assert runner.invoke(app, ["models", "pull", "v0007", "--workspace", str(fresh)]).exit_code == 1
+
+
+def test_push_and_pull_without_a_mirror_are_usage_errors(tmp_path):
+    ws, _ = registry_with(tmp_path, 1)
+    for command in (["models", "push"], ["models", "pull"]):
+        result = runner.invoke(app, [*command, "--workspace", str(ws)])
+        assert result.exit_code == 2 and "registry.mirror" in result.output
+
+
+def test_a_failing_mirror_fails_the_promote_loudly(tmp_path, s3_server):
+    ws, reg = registry_with(tmp_path, 2)
+    with_mirror(ws, "no-such-bucket-anywhere")
+    result = runner.invoke(app, ["models", "promote", "v0001", "--workspace", str(ws)])
+    assert result.exit_code == 1 and "S3 mirror not updated" in result.output and "models push v0001" in result.output
+    assert reg.resolve("production") == "v0001"  # the local move stands
+    status = json.loads(runner.invoke(app, ["status", "--json", "--workspace", str(ws)]).output)
+    assert status["mirror"]["error"]
+
+
+def test_status_shows_the_accuracy_matrix_bwt_and_forgetting(tmp_path):
+    import json
+
+    from tasks.matrix import extend, stamp
+    from tasks.registry import Registry
+
+    reg = Registry(tmp_path / "ws" / "models")
+    sheets = [({"b1": 0.9}, None), ({"b1": 0.8, "b2": 0.95}, {"b1": 0.9, "b2": 0.1})]
+    record, parent = None, None
+    for i, (cand, champ) in enumerate(sheets):
+        as_sheet = lambda accs: {"batches": {b: {"accuracy": a} for b, a in accs.items()},  # noqa: E731
+                                 "slices": {f"S{b}": {"accuracy": a} for b, a in accs.items()}}
+        record = extend(record, parent_version=parent, batch_id=f"b{i + 1}", batch_ids=list(cand),
+                        candidate=as_sheet(cand), champion=as_sheet(champ) if champ else None)
+        path = tmp_path / f"c{i}"
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(bytes([i]) * 64)
+        parent = reg.register(path, {"parent": parent, "batch_id": f"b{i + 1}", "accuracy_matrix": record})
+        record = reg.metadata(parent)["accuracy_matrix"]
+        reg.promote(parent)
+    assert record == stamp(record, "v0002")
+    report = json.loads(runner.invoke(app, ["status", "--json", "--workspace", str(tmp_path / "ws")]).output)
+    continual = report["continual"]
+    assert continual["accuracy_matrix"]["accuracy"] == [[0.9, 0.1], [0.8, 0.95]]
+    assert [r["version"] for r in continual["accuracy_matrix"]["rows"]] == ["v0001", "v0002"]
+    assert continual["bwt"] == -0.1 and continual["forgetting"] == {"b1": 0.1}
+    assert continual["slice_forgetting"] == {"Sb1": 0.1}
+    human = runner.invoke(app, ["status", "--workspace", str(tmp_path / "ws")]).output
+    assert "BWT -0.100, average forgetting +0.100" in human and "Sb1 +0.100" in human
+    card = (reg.root / "production" / "README.md").read_text()
+    assert "| v0001 | b1 | 0.9000 | 0.1000 |" in card and "| v0002 | b2 | 0.8000 | 0.9500 |" in card

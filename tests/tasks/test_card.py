@@ -92,3 +92,21 @@ def test_sparse_and_odd_metadata_still_render():
            "gate": {"checks": [{"name": "weird"}, "not a dict", {"passed": False, "candidate": "0.5"}]}}
     card = render_card(odd, [{"version": "v0009"}])
     assert "| weird | - | - | - | - | - |" in card and "FAIL" in card and "| x | - | - | - |" in card
+
+
+def test_continual_learning_section_from_the_accuracy_matrix():
+    record = {"batches": ["b-1", "b-2"], "rows": [{"version": "v0001", "batch_id": "b-1"},
+                                                   {"version": "v0002", "batch_id": "b-2"}],
+              "accuracy": [[0.958, 0.0], [0.951, 0.949]], "slices": ["banking", "credit_cards"],
+              "slice_accuracy": [[0.958, None], [0.951, 0.949]]}
+    card = render_card({**METADATA, "accuracy_matrix": record}, LINEAGE)
+    assert "## Continual learning" in card
+    assert "| version | learned | batch 1 | batch 2 |" in card
+    assert "| v0001 | b-1 | 0.9580 | 0.0000 |" in card and "| v0002 | b-2 | 0.9510 | 0.9490 |" in card
+    assert "backward transfer (BWT, Lopez-Paz & Ranzato 2017): 0.0070" not in card  # it is a drop
+    assert "BWT, Lopez-Paz & Ranzato 2017): -0.0070" in card
+    assert "average forgetting (Chaudhry et al. 2018): 0.0070" in card
+    assert "| banking | 0.0070 |" in card
+    assert "## Continual learning" not in render_card(METADATA, LINEAGE)
+    unnamed = {**record, "rows": [record["rows"][0], {"version": None, "batch_id": "b-2"}]}
+    assert "| v0002 | b-2 |" in render_card({**METADATA, "accuracy_matrix": unnamed}, LINEAGE)

@@ -182,3 +182,14 @@ def test_params_hash_distinct_over_many_single_changes():
             h = params_hash(params)
             assert h not in seen, f"{section.name}.{f.name}"
             seen.add(h)
+
+
+def test_registry_mirror_must_be_an_s3_uri():
+    assert Params().registry.mirror == "" and Params().registry.endpoint_url == ""
+    ok = params_from_dict({"registry": {"mirror": "s3://bucket/ratchet", "endpoint_url": "http://127.0.0.1:9000"}})
+    assert ok.registry.mirror == "s3://bucket/ratchet"
+    for bad in ("/srv/models", "s3://", "bucket/prefix"):
+        with pytest.raises(ConfigError, match="registry.mirror"):
+            params_from_dict({"registry": {"mirror": bad}})
+    with pytest.raises(ConfigError, match="registry.mirrors"):
+        params_from_dict({"registry": {"mirrors": "s3://b"}})

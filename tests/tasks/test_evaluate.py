@@ -215,3 +215,23 @@ def test_load_exam_empty_and_missing(tmp_path):
     assert empty.empty and list(empty.columns) == ["text", "label", "slice", "batch_id"]
     with pytest.raises(FileNotFoundError):
         load_exam(tmp_path, ["b-nope"])
+
+
+# --- per-label scores -----------------------------------------------------------------
+
+def test_per_label_scores_by_hand_per_slice_and_batch():
+    exam = exam_frame([
+        ("t1", "a", "web", "b1"), ("t2", "b", "web", "b1"), ("t3", "a", "app", "b1"),
+        ("t4", "b", "app", "b2"), ("t5", "a", "app", "b2"), ("t6", "b", "web", "b2"),
+    ])
+    pred = pd.Series(["a", "a", "a", "b", "b", "b"])
+    per = sheet(exam, pred)["per_label"]
+    # overall: a predicted 3x (2 right), gold a 3x; b predicted 3x (2 right), gold b 3x
+    assert per["overall"]["a"] == {"precision": 0.6667, "recall": 0.6667, "f1": 0.6667, "support": 3}
+    # batch b1: gold a,b,a; pred a,a,a -> a: P 2/3 R 1; b: never predicted
+    assert per["batches"]["b1"] == {"a": {"precision": 0.6667, "recall": 1.0, "f1": 0.8, "support": 2},
+                                    "b": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}}
+    assert set(per["slices"]) == {"app", "web"} and set(per["batches"]) == {"b1", "b2"}
+    for part in per["slices"].values():
+        assert sum(s["support"] for s in part.values()) == 3
+    assert sheet(exam_frame([]), pd.Series([], dtype=str))["per_label"]["overall"] == {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -430,3 +431,60 @@ def test_real_version_carries_a_card_with_its_labels(tmp_path, model_dir):
     card = (reg.root / "production" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert "`weather`, `music`" in card and reg.metadata(version)["labels"] == ["weather", "music"]
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+def assert_no_move_lost(reg: Registry, versions: list[str]) -> None:
+    """Every promotion is in the history, and each production move starts where the one
+    before it ended: no writer read a stale production and overwrote another's move."""
+    moves = [h for h in reg.history() if h["alias"] == "production"]
+    assert sorted(m["to"] for m in moves) == sorted(versions)
+    assert [m["from"] for m in moves] == [None] + [m["to"] for m in moves[:-1]]
+    previous = [h for h in reg.history() if h["alias"] == "previous"]
+    assert [p["to"] for p in previous] == [m["to"] for m in moves[:-1]]
+    assert reg.resolve("production") == moves[-1]["to"]
+    check_invariants(reg)
+
+
+def test_concurrent_promotions_in_threads_never_lose_one(tmp_path):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    reg = Registry(tmp_path / "models")
+    candidates = [fake_candidate(tmp_path, f"t{i}") for i in range(8)]
+    start = threading.Barrier(len(candidates))
+
+    def promote(candidate):
+        start.wait()  # all eight register and promote at the same moment
+        version = Registry(reg.root).register(candidate, {"tag": candidate.name})
+        Registry(reg.root).promote(version, reason=candidate.name)
+        return version
+
+    with ThreadPoolExecutor(len(candidates)) as pool:
+        versions = list(pool.map(promote, candidates))
+    assert sorted(versions) == [f"v{i:04d}" for i in range(1, 9)]
+    for version, candidate in zip(versions, candidates):
+        assert (reg.path(version) / "payload.txt").read_text() == candidate.name[len("cand-"):]
+    assert_no_move_lost(reg, versions)
+
+
+def _promote_each(root: str, candidates: list[str]) -> list[str]:
+    reg, made = Registry(Path(root)), []
+    for candidate in candidates:
+        made.append(reg.register(Path(candidate), {}))
+        reg.promote(made[-1], reason=candidate)
+    return made
+
+
+def test_concurrent_promotions_in_processes_never_lose_one(tmp_path):
+    """Separate processes (forked: the registry is already imported, so they start at once)."""
+    import multiprocessing
+
+    reg = Registry(tmp_path / "models")
+    groups = [[str(fake_candidate(tmp_path, f"p{w}-{i}")) for i in range(3)] for w in range(4)]
+    with multiprocessing.get_context("fork").Pool(len(groups)) as pool:
+        outputs = pool.starmap(_promote_each, [(str(reg.root), g) for g in groups])
+    versions = [v for out in outputs for v in out]
+    assert sorted(versions) == [f"v{i:04d}" for i in range(1, 13)]
+    assert_no_move_lost(reg, versions)

@@ -1,0 +1,83 @@
+"""Promotion lock: one run at a time trains from, judges against and moves production.
+
+Two runs that fine-tune from the same champion and promote one after the other would
+leave the second's candidate without the first's batch, and two writers numbering
+versions at once would collide. The retrain flow therefore holds this lock from
+resolving the champion to moving the alias. It is two locks, taken in one order:
+
+- a Prefect global concurrency limit (one slot, `ops.promote_limit`), which serialises
+  runs on every machine that talks to the same Prefect server (work pools, Kubernetes);
+- an exclusive `flock` on `models/.promote.lock`, which serialises runs on one host even
+  when each uses its own temporary Prefect server (two `ratchet retrain` from cron).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator
+
+POLL_SECONDS = 0.5
+
+
+class LockTimeout(TimeoutError):
+    """The promotion lock was not free within `ops.lock_timeout_seconds`."""
+
+
+@contextmanager
+def file_lock(path: Path, timeout: float | None) -> Iterator[None]:
+    """An exclusive flock on `path`, waiting at most `timeout` seconds (None: forever)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with open(path, "w") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockTimeout(f"lock: {path} still held by another run after {timeout:.0f} s "
+                                      "(raise ops.lock_timeout_seconds, or look for a stuck run)") from None
+                time.sleep(POLL_SECONDS)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_limit(name: str, limit: int = 1) -> None:
+    """Create the global concurrency limit when missing. Prefect ignores a limit that does
+    not exist (no lock at all), so the flow and `ratchet serve` both make sure of it."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            except ObjectAlreadyExists:  # another run created it a moment ago
+                pass
+
+
+@contextmanager
+def promotion_lock(models_dir: Path, limit_name: str, timeout_seconds: int) -> Iterator[None]:
+    """Hold the registry's promotion lock (`timeout_seconds` 0 = wait as long as it takes)."""
+    from prefect.concurrency.sync import concurrency
+
+    timeout = float(timeout_seconds) if timeout_seconds else None
+    ensure_limit(limit_name)
+    started = time.monotonic()
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(limit_name, occupy=1, timeout_seconds=timeout, strict=True))
+        except TimeoutError as exc:
+            raise LockTimeout(f"lock: the Prefect concurrency limit '{limit_name}' stayed taken for "
+                              f"{timeout_seconds} s (ops.lock_timeout_seconds)") from exc
+        left = None if timeout is None else max(timeout - (time.monotonic() - started), 1.0)
+        stack.enter_context(file_lock(models_dir / ".promote.lock", left))
+        yield
