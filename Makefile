@@ -1,6 +1,7 @@
 # Ratchet: two commands do all set-up on a fresh machine.
 #   make run    stream CLINC150 domains through the retrain flow with the real MiniLM (DOMAINS=10 for all)
 #   make test   the fast offline test tier (CI=true also runs the slow tier)
+#   make bench  continual-learning and overhead benchmarks, small scale (BENCH_SCALE=full for all data)
 # Both create .venv and install what they need the first time.
 
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
@@ -18,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run serve test test-all test-slow repro clean
+.PHONY: install run serve test test-all test-slow repro bench clean
 
 install: $(STAMP)
 
@@ -52,6 +53,14 @@ test-all: $(STAMP)
 
 repro: $(STAMP)
 	dvc repro
+
+BENCH_SCALE ?= small
+
+# JSON + PNG under benchmarks/results/, then the README's Benchmarks table from them
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.continual --scale $(BENCH_SCALE)
+	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.report --scale $(BENCH_SCALE)
 
 clean:
 	rm -rf data models/versions models/aliases.json models/production reports .ratchet build

@@ -1,0 +1,222 @@
+"""Continual-learning benchmark: how close incremental updates get to joint training,
+at what share of the cost of retraining on everything after every batch.
+
+    python -m benchmarks.continual --scale small            # what `make bench` runs
+    python -m benchmarks.continual --stream clinc150 --scale full
+
+Each stream (benchmarks/streams.py) runs under each strategy (benchmarks/strategies.py)
+through the real stage functions (benchmarks/harness.py); every strategy runs in a fresh
+process so its peak memory is its own. Writes benchmarks/results/continual_<stream>_<scale>.json
+with the issue's shape (`stream`, `scale`, `date`, `machine`, `command`, `strategies`)
+plus `skipped`, `details` and `stream_info`, and PNG plots next to it.
+`retrain_each` is not run: its cost is computed from the batch sizes and joint's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.streams import REPO, SHARED_DATA, Batch, Caps, StreamUnavailable, fingerprint, load_stream
+
+RESULTS = REPO / "benchmarks" / "results"
+SCALES: dict[str, dict[str, Any]] = {
+    # about half an hour for everything on a quiet 2-core CPU: 30 train / 10 held-out rows per
+    # CLINC150 intent (MiniLM reaches ~0.83 on a new domain in 2 epochs), fewer elsewhere
+    "small": {"caps": {"clinc150": Caps(30, 10, 10), "banking77": Caps(20, None, 10), "fpb": Caps(60, None, 30)},
+              "overrides": {"train.epochs": 2}},
+    "full": {"caps": {}, "overrides": {}},
+}
+SWEEP = [1.0, 2.0, 5.0, 10.0]
+SWEEP_STREAMS = {"clinc150"}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def machine(threads: int | None = None) -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": threads or torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_strategy(name: str, batches: list[Batch], params, gate: str, joint: bool, workdir: str,
+                 threads: int | None = None) -> dict:
+    """One strategy over the stream (in its own process when isolated)."""
+    from flows.cli import offline_env
+
+    offline_env()
+    import torch
+    import transformers
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    transformers.utils.logging.disable_progress_bar()  # one bar per model load drowns the log
+    from benchmarks.harness import run_incremental, run_joint
+
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=f"{name.replace('%', 'pct')}-") as tmp:
+        run = run_joint(batches, params, Path(tmp)) if joint else run_incremental(batches, params, Path(tmp), gate)
+    return {"result": run.result(joint=joint), "batches": run.batches}
+
+
+def _run_one(args: tuple, isolate: bool) -> dict:
+    if not isolate:
+        return run_strategy(*args)
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_strategy, *args).result()
+
+
+def retrain_each(batches: list[Batch], epochs: int, joint: dict | None) -> dict:
+    """Cost of fine-tuning from scratch on all data so far after every batch (not run)."""
+    sizes = [len(b.train) for b in batches]
+    samples = sum(sum(sizes[: i + 1]) for i in range(len(sizes))) * epochs
+    rate = joint["samples_per_s"] if joint else None
+    return {"acc": None, "bwt": None, "max_forgetting": None, "matrix": None, "samples": samples,
+            "wall_s": round(samples / rate, 1) if rate else None, "samples_per_s": rate,
+            "peak_mem_mb": joint["peak_mem_mb"] if joint else None, "promotions": None, "rejections": None}
+
+
+def run_stream(stream: str, batches: list[Batch], *, scale: str, params_path: Path, overrides: dict,
+               wanted: list[str] | None, sweep: list[float], isolate: bool, workdir: Path,
+               command: str, threads: int | None = None, progress=None) -> dict:
+    """All strategies over one stream; returns the results document. `progress(doc)` is
+    called after each strategy, so a long run that is stopped keeps what it measured."""
+    from benchmarks.strategies import plan
+
+    total = sum(len(b.train) for b in batches)
+    chosen = plan(params_path, overrides, total, sweep, wanted)
+    doc = {"stream": stream, "scale": scale, "date": _now(),
+           "machine": machine(threads), "command": command, "strategies": {}, "skipped": dict(chosen.skipped),
+           "details": {}, "stream_info": {
+               "batches": [{"name": b.name, "train": len(b.train), "dev": len(b.split.dev), "test": len(b.test),
+                            "labels": int(b.train["label"].nunique())} for b in batches],
+               "train_rows": total, "fingerprint": fingerprint(batches), "overrides": overrides}}
+    for s in chosen.strategies:
+        p = chosen.params[s.name]
+        started = time.perf_counter()
+        print(f"[{stream}] {s.name}: {s.note}", flush=True)
+        try:
+            out = _run_one((s.name, batches, p, s.gate, s.joint, str(workdir), threads), isolate)
+        except Exception as exc:  # one broken strategy must not lose the others' numbers
+            doc["skipped"][s.name] = f"failed: {type(exc).__name__}: {exc}"
+            continue
+        doc["strategies"][s.name] = out["result"]
+        doc["details"][s.name] = {"note": s.note, "gate": s.gate, "overrides": s.overrides,
+                                  "replay": dataclasses.asdict(p.replay), "train": dataclasses.asdict(p.train), "batches": out["batches"]}
+        print(f"[{stream}] {s.name}: acc {out['result']['acc']} in {time.perf_counter() - started:.0f} s", flush=True)
+        if progress:
+            progress(doc)
+    for name, twin in chosen.same_as.items():
+        if twin in doc["strategies"]:
+            doc["strategies"][name] = doc["strategies"][twin]
+            doc["details"][name] = {"note": f"same settings as {twin}; not run twice"}
+    epochs = load_epochs(params_path, overrides)
+    doc["strategies"]["retrain_each"] = retrain_each(batches, epochs, doc["strategies"].get("joint"))
+    doc["details"]["retrain_each"] = {"note": "estimated: samples from batch sizes x epochs, time at joint's samples/s"}
+    doc["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    return doc
+
+
+def load_epochs(params_path: Path, overrides: dict) -> int:
+    from tasks.config import load_params
+
+    return load_params(params_path, overrides).train.epochs
+
+
+def _value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.continual", description=__doc__.splitlines()[0])
+    ap.add_argument("--stream", default="all", help="clinc150, banking77, fpb or all (default)")
+    ap.add_argument("--scale", default="small", choices=sorted(SCALES))
+    ap.add_argument("--strategies", default=None, help="comma-separated subset (default: all)")
+    ap.add_argument("--sweep", default=None, help="buffer sizes in %% of training rows (default 1,2,5,10 on clinc150)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params override for every strategy, e.g. model.base=tiny")
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    ap.add_argument("--shared-data", type=Path, default=SHARED_DATA)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--caps", default=None, metavar="TRAIN,DEV,TEST", help="rows per label per split (0 = all)")
+    ap.add_argument("--batches", type=int, default=None, help="only the first N batches of each stream")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per strategy (default: torch's)")
+    ap.add_argument("--no-isolate", action="store_true", help="run strategies in this process")
+    ap.add_argument("--no-plots", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    from flows.cli import offline_env
+
+    offline_env()
+    scale = SCALES[args.scale]
+    overrides = {**scale["overrides"], **{k: _value(v) for k, _, v in (s.partition("=") for s in args.set)}}
+    streams = ["clinc150", "banking77", "fpb"] if args.stream == "all" else args.stream.split(",")
+    wanted = args.strategies.split(",") if args.strategies else None
+    command = shlex.join(["python", "-m", "benchmarks.continual", *argv])
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stream in streams:
+        caps = _caps(scale["caps"].get(stream, Caps()), args)
+        try:
+            batches = load_stream(stream, caps, args.shared_data)
+        except StreamUnavailable as exc:
+            print(f"[{stream}] skipped: {exc}", flush=True)
+            doc = {"stream": stream, "scale": args.scale, "date": _now(), "command": command, "strategies": {},
+                   "skipped_stream": str(exc)}
+            written.append(_write(doc, args.out / f"continual_{stream}_{args.scale}.json"))
+            continue
+        path = args.out / f"continual_{stream}_{args.scale}.json"
+        sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else (SWEEP if stream in SWEEP_STREAMS else [])
+        with tempfile.TemporaryDirectory(prefix="ratchet-bench-") as work:
+            doc = run_stream(stream, batches, scale=args.scale, params_path=args.params, overrides=overrides,
+                             wanted=wanted, sweep=sweep, isolate=not args.no_isolate, workdir=Path(work),
+                             command=command, threads=args.threads,
+                             progress=lambda partial, path=path: _write({**partial, "partial": True}, path))
+        _write(doc, path)
+        written.append(path)
+        if not args.no_plots:
+            from benchmarks.plots import plot_results
+
+            written += plot_results(doc, path.with_suffix(""))
+    return written
+
+
+def _caps(caps: Caps, args: argparse.Namespace) -> Caps:
+    if args.caps:
+        caps = Caps(*[int(x) or None for x in args.caps.split(",")])
+    return dataclasses.replace(caps, batches=args.batches) if args.batches else caps
+
+
+def _write(doc: dict, path: Path) -> Path:
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Run one strategy over a stream through Ratchet's real stage functions.
+
+For every batch, exactly what the retrain flow does between drift and promote:
+`tasks.finetune.train_candidate` from the current production model (its stored replay
+buffer included), `tasks.evaluate.evaluate` of candidate and champion on the exam (the
+held-out rows of every accepted batch plus the new one), `tasks.gate.decide`, and either
+the candidate becomes production or it is discarded. Registry, validation and drift are
+left out here (their cost is measured by benchmarks/overhead.py).
+
+After each batch the production model is scored on every batch's held-out rows, the
+future ones included, to fill one row of the accuracy matrix. A batch whose labels the
+model does not have scores exactly 0 without running it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from benchmarks.metrics import stream_scores
+from benchmarks.streams import Batch
+from tasks.config import Params
+from tasks.evaluate import evaluate
+from tasks.finetune import train_candidate
+from tasks.gate import decide
+from tasks.model import Classifier, load_classifier
+
+
+@dataclass
+class StrategyRun:
+    matrix: list[list[float]]
+    samples: int = 0
+    train_s: float = 0.0
+    wall_s: float = 0.0
+    peak_mem_mb: float = 0.0
+    promotions: int = 0
+    rejections: int = 0
+    batches: list[dict] = field(default_factory=list)
+
+    def result(self, joint: bool = False) -> dict:
+        """The per-strategy JSON entry of the issue, accuracies as fractions."""
+        if joint:
+            acc, bwt, forgetting = round(sum(self.matrix[-1]) / len(self.matrix[-1]), 4), None, None
+        else:
+            scores = stream_scores(self.matrix)
+            acc, bwt, forgetting = scores.acc, scores.bwt, scores.max_forgetting
+        return {"acc": acc, "bwt": bwt, "max_forgetting": forgetting, "matrix": self.matrix,
+                "samples": self.samples, "wall_s": round(self.wall_s, 1),
+                "samples_per_s": round(self.samples / self.train_s, 1) if self.train_s else None,
+                "peak_mem_mb": round(self.peak_mem_mb, 1), "promotions": self.promotions,
+                "rejections": self.rejections}
+
+
+def peak_mem_mb() -> float:
+    """Peak resident memory of this process (and CUDA memory when training ran there)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        rss += torch.cuda.max_memory_allocated() / 2**20
+    return rss
+
+
+def _train(champion: str | None, train: pd.DataFrame, dev: pd.DataFrame, out: Path, params: Params):
+    # the engine may take a dev split (early stopping); pass it only where it is accepted
+    kwargs = {"champion_dir": champion, "train_rows": train, "out_dir": out, "params": params}
+    if "dev_rows" in inspect.signature(train_candidate).parameters:
+        kwargs["dev_rows"] = dev
+    return train_candidate(**kwargs)
+
+
+def _exam(batches: list[Batch]) -> pd.DataFrame:
+    return pd.concat([b.test for b in batches], ignore_index=True)
+
+
+def matrix_row(clf: Classifier, known: dict, batches: list[Batch], params: Params) -> list[float]:
+    """Accuracy on each batch's held-out rows; `known` holds the ones already scored."""
+    labels = set(clf.labels)
+    todo = [b for b in batches if b.name not in known and labels & set(b.test["label"])]
+    scored = dict(known)
+    if todo:
+        sheet = evaluate(clf, _exam(todo), todo[-1].name, batch_size=params.evaluate.batch_size,
+                         max_length=params.model.max_length)["all"]["batches"]
+        scored |= {name: s["accuracy"] for name, s in sheet.items()}
+    return [float(scored.get(b.name, 0.0)) for b in batches]
+
+
+def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: str = "enforce") -> StrategyRun:
+    """The stream batch by batch; the gate decides (or, when advisory, only counts)."""
+    run, started = StrategyRun(matrix=[]), time.perf_counter()
+    champion: str | None = None
+    accepted: list[Batch] = []
+    ev = {"batch_size": params.evaluate.batch_size, "max_length": params.model.max_length}
+    for i, batch in enumerate(batches):
+        cand = _train(champion, batch.train, batch.split.dev, workdir / f"candidate-{i:02d}", params)
+        exam = _exam(accepted + [batch])
+        cand_clf = load_classifier(cand.path)
+        cand_sheet = evaluate(cand_clf, exam, batch.name, **ev)
+        champ_clf = load_classifier(champion) if champion else None
+        champ_sheet = evaluate(champ_clf, exam, batch.name, **ev) if champion else None
+        decision = decide(cand_sheet, champ_sheet, params.gate, params.train.seed)
+        run.promotions += decision.promote
+        run.rejections += not decision.promote
+        run.samples += cand.train.samples
+        run.train_s += cand.train.seconds
+        if decision.promote or gate == "advisory":
+            if champion:
+                shutil.rmtree(champion, ignore_errors=True)
+            champion, prod, sheet = cand.path, cand_clf, cand_sheet
+            accepted.append(batch)
+        else:
+            shutil.rmtree(cand.path, ignore_errors=True)
+            prod, sheet = champ_clf, champ_sheet
+        known = {name: s["accuracy"] for name, s in sheet["all"]["batches"].items()} if sheet else {}
+        run.matrix.append(matrix_row(prod, known, batches, params) if prod else [0.0] * len(batches))
+        run.batches.append({"batch": batch.name, "promoted": decision.promote, "reasons": decision.reasons[:3],
+                            "new_rows": cand.train.new_rows, "replay_rows": cand.train.replay_rows,
+                            "train_samples": cand.train.samples, "train_s": cand.train.seconds})
+    if champion:
+        shutil.rmtree(champion, ignore_errors=True)
+    run.wall_s = time.perf_counter() - started
+    run.peak_mem_mb = peak_mem_mb()
+    return run
+
+
+def run_joint(batches: list[Batch], params: Params, workdir: Path) -> StrategyRun:
+    """One fine-tune from the base model on every batch's training rows."""
+    started = time.perf_counter()
+    train = pd.concat([b.train for b in batches], ignore_index=True)
+    dev = pd.concat([b.split.dev for b in batches], ignore_index=True)
+    cand = _train(None, train, dev, workdir / "joint", params)
+    row = matrix_row(load_classifier(cand.path), {}, batches, params)
+    shutil.rmtree(cand.path, ignore_errors=True)
+    run = StrategyRun(matrix=[row], samples=cand.train.samples, train_s=cand.train.seconds)
+    run.wall_s = time.perf_counter() - started
+    run.peak_mem_mb = peak_mem_mb()
+    run.batches.append({"batch": "all", "new_rows": len(train), "train_samples": cand.train.samples,
+                        "train_s": cand.train.seconds})
+    return run

@@ -1,0 +1,183 @@
+"""What the platform costs: the whole `retrain` flow against the bare training function.
+
+    python -m benchmarks.overhead                 # 1,500-row batch + 1k/10k/100k stage timings
+    python -m benchmarks.overhead --skip-flow     # stage timings only (no training)
+
+1. Flow vs bare training. In a fresh workspace, CLINC150's first domain is delivered
+   (this starts Prefect's temporary server and creates the champion; timed apart), then
+   the second domain (1,500 training rows) runs through the whole `retrain` flow. Each
+   stage's time is read back from Prefect's own task-run records; orchestration is the
+   flow's wall time not spent inside any task. Then `train_candidate` alone fine-tunes
+   the same champion on the same 1,500 rows: the bare cost of learning the batch.
+2. Stage timings for 1k, 10k and 100k-row batches: intake (parse + split), validation
+   (Great Expectations) and drift (Evidently) through the same task functions the flow
+   calls. Rows are drawn with replacement from CLINC150 and Banking77 texts.
+
+Writes benchmarks/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.continual import RESULTS, _now, _write, machine
+from benchmarks.streams import REPO
+
+SIZES = [1_000, 10_000, 100_000]
+EVALUATION = {"evaluate", "gate"}
+
+
+def _stage(task_run_name: str) -> str:
+    return task_run_name.rsplit("-", 1)[0]
+
+
+def task_seconds(flow_run_id, patience_s: float = 30.0) -> dict[str, float]:
+    """Seconds per stage from the Prefect API. Task states arrive as events, so wait
+    until every task run has an end time and no new one appeared for a second."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline, last = time.monotonic() + patience_s, -1
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            done = [r for r in runs if r.end_time is not None and r.start_time is not None]
+            if (len(done) == len(runs) == last) or time.monotonic() > deadline:
+                break
+            last = len(runs)
+            time.sleep(1.0)
+    out: dict[str, float] = {}
+    for r in done:
+        out[_stage(r.name)] = out.get(_stage(r.name), 0.0) + (r.end_time - r.start_time).total_seconds()
+    return out
+
+
+def flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    # Prefect may already be imported (and its settings read) before offline_env ran
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
+        return _flow_vs_bare(params_path, overrides, workdir)
+
+
+def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
+    from flows.retrain import retrain
+    from flows.stream import write_clinc150_batches
+    from tasks.config import load_params
+    from tasks.finetune import train_candidate
+    from tasks.intake import parse_bytes, split_batch
+    from tasks.registry import Registry
+
+    ws = workdir / "ws"
+    ws.mkdir()
+    shutil.copyfile(params_path, ws / "params.yaml")
+    first, second = write_clinc150_batches(ws / "data" / "landing", 2)
+    started = time.perf_counter()
+    retrain(batch=str(first), workspace=str(ws), overrides=overrides)
+    warmup_s = time.perf_counter() - started
+
+    reg = Registry(ws / "models")
+    before = reg.resolve("production")
+    started = time.perf_counter()
+    state = retrain(batch=str(second), workspace=str(ws), overrides=overrides, return_state=True)
+    wall = time.perf_counter() - started
+    outcome = state.result()
+    stages = task_seconds(state.state_details.flow_run_id)
+
+    params = load_params(ws / "params.yaml", overrides)
+    train = split_batch(parse_bytes(second.read_bytes(), second.name), "bare", params.intake.test_share).train
+    champion = reg.path(before) if before else None  # what the flow trained from
+    started = time.perf_counter()
+    bare = train_candidate(champion_dir=champion, train_rows=train, out_dir=workdir / "bare", params=params)
+    bare_s = time.perf_counter() - started
+    return summarize(wall, stages, bare_s, warmup_s, len(train), outcome["status"], bare.train.samples)
+
+
+def summarize(wall: float, stages: dict[str, float], bare_s: float, warmup_s: float, rows: int,
+              status: str, samples: int) -> dict:
+    """Shares of the flow's wall time; overhead = flow wall time minus bare training."""
+    share = {k: round(v / wall, 4) for k, v in sorted(stages.items())}
+    share["orchestration"] = round(max(0.0, wall - sum(stages.values())) / wall, 4)
+    evaluation = sum(v for k, v in stages.items() if k in EVALUATION)
+    return {
+        "batch_train_rows": rows, "status": status, "flow_wall_s": round(wall, 2),
+        "bare_train_s": round(bare_s, 2), "bare_train_samples": samples,
+        "stage_s": {k: round(v, 2) for k, v in sorted(stages.items())}, "stage_share": share,
+        "overhead_share": round((wall - bare_s) / wall, 4),
+        "overhead_share_without_evaluation": round((wall - bare_s - evaluation) / wall, 4),
+        "first_run_with_server_start_s": round(warmup_s, 2),
+    }
+
+
+def synthetic_batch(rows: int, seed: int = 0) -> pd.DataFrame:
+    """`rows` CLINC150 and Banking77 utterances drawn with replacement, with a split column."""
+    from benchmarks.streams import Caps, load_stream
+
+    pool = pd.concat([b.train.assign(split="train") for n in ("clinc150", "banking77")
+                      for b in load_stream(n, Caps())], ignore_index=True)[["text", "label", "slice"]]
+    frame = pool.sample(n=rows, replace=True, random_state=seed).reset_index(drop=True)
+    return frame.assign(text=frame["text"] + " #" + frame.index.astype(str))  # distinct rows, as in a real batch
+
+
+def stage_timings(sizes: list[int], params_path: Path, workdir: Path) -> list[dict]:
+    from tasks.config import load_params
+    from tasks.drift import drift_task
+    from tasks.intake import parse_bytes, split_batch
+    from tasks.validate import validate_task
+
+    params = load_params(params_path)
+    reference = synthetic_batch(5_000, seed=1)
+    out = []
+    for n in sizes:
+        raw = synthetic_batch(n).to_csv(index=False).encode()
+        t0 = time.perf_counter()
+        frame = parse_bytes(raw, "batch.csv")
+        split = split_batch(frame, "b", params.intake.test_share)
+        t1 = time.perf_counter()
+        checked = validate_task.fn(frame, params.validate, None, labels=params.labels)
+        t2 = time.perf_counter()
+        drift_task.fn(pd.concat([split.train, split.test], ignore_index=True), reference, params.drift,
+                      workdir / f"drift-{n}", params.train.seed)
+        t3 = time.perf_counter()
+        out.append({"rows": n, "bytes": len(raw), "intake_s": round(t1 - t0, 2), "validate_s": round(t2 - t1, 2),
+                    "drift_s": round(t3 - t2, 2), "validation_passed": checked.passed})
+        print(f"[stages] {n} rows: {out[-1]}", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--skip-flow", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
+    args = ap.parse_args(argv)
+    from flows.cli import offline_env
+
+    offline_env()
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    doc = {"date": _now(), "machine": machine(),
+           "command": shlex.join(["python", "-m", "benchmarks.overhead", *argv])}
+    with tempfile.TemporaryDirectory(prefix="ratchet-overhead-") as tmp:
+        if not args.skip_flow:
+            doc["flow_vs_bare"] = flow_vs_bare(args.params, overrides, Path(tmp))
+            print(f"[flow] {doc['flow_vs_bare']}", flush=True)
+        doc["stages"] = stage_timings([int(x) for x in args.sizes.split(",")], args.params, Path(tmp))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    return _write(doc, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Write the README's "Benchmarks" section from the results JSON (never by hand).
+
+    python -m benchmarks.report                  # small-scale results into README.md
+    python -m benchmarks.report --scale full
+
+Reads benchmarks/results/continual_<stream>_<scale>.json and overhead.json and replaces
+everything between the `<!-- benchmarks:start -->` and `<!-- benchmarks:end -->`
+markers of README.md (the section is appended when the markers are absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks.continual import RESULTS
+from benchmarks.streams import REPO
+
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+STREAMS = ["clinc150", "banking77", "fpb"]
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _num(x, spec: str = ",") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def stream_table(doc: dict) -> list[str]:
+    s = doc["strategies"]
+    joint = (s.get("joint") or {}).get("acc")
+    each = (s.get("retrain_each") or {}).get("samples")
+    m = doc.get("machine", {})
+    load = f"load {m.get('load_avg_1m_at_start', '?')} → {m.get('load_avg_1m_at_end', '?')}"
+    partial = " — PARTIAL: stopped before every strategy ran" if doc.get("partial") else ""
+    lines = [f"**{doc['stream']}**{partial} ({doc['scale']}; {doc['date']}; {m.get('cpus')} CPUs, torch {m.get('torch')}, "
+             f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}, {load}) — `{doc['command']}`", "",
+             "| strategy | ACC | of joint | BWT | max forgetting | samples | of retrain_each | wall s | samples/s "
+             "| peak MB | promoted / rejected |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in s.items():
+        of_joint = r["acc"] / joint if joint and r["acc"] is not None else None
+        of_each = r["samples"] / each if each and r["samples"] is not None else None
+        gate = "-" if r["promotions"] is None else f"{r['promotions']} / {r['rejections']}"
+        wall = _num(r["wall_s"], ",.0f") + (" (est.)" if name == "retrain_each" and r["wall_s"] else "")
+        lines.append(f"| {name} | {_pct(r['acc'])} | {_pct(of_joint, 0)} | {_pts(r['bwt'])} | "
+                     f"{_forget(r['max_forgetting'])} | {_num(r['samples'])} | {_pct(of_each, 0)} | {wall} | "
+                     f"{_num(r['samples_per_s'], ',.0f')} | {_num(r['peak_mem_mb'], ',.0f')} | {gate} |")
+    for name, why in doc.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped: {why} |||||||||")
+    return lines + [""]
+
+
+def _forget(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} pts"
+
+
+def _pts(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.1f} pts"
+
+
+def targets(clinc: dict | None, overhead: dict | None) -> list[str]:
+    """The issue's targets, measured; 'not met' is reported, not tuned away."""
+    rows = ["| target | measured | met |", "|---|---|---|"]
+    if clinc:
+        s = clinc["strategies"]
+        r, joint, each = s.get("replay@5%"), s.get("joint"), s.get("retrain_each")
+        if r and joint and each:
+            ratio, cost = r["acc"] / joint["acc"], r["samples"] / each["samples"]
+            rows += [f"| CLINC150: replay (defaults, 5% buffer) ACC ≥ 97% of joint | {_pct(ratio)} | "
+                     f"{'yes' if ratio >= 0.97 else 'no'} |",
+                     f"| … using ≤ 30% of retrain_each's samples | {_pct(cost)} | {'yes' if cost <= 0.30 else 'no'} |",
+                     f"| … BWT no worse than -2 pts | {_pts(r['bwt'])} | {'yes' if r['bwt'] >= -0.02 else 'no'} |"]
+        naive = s.get("naive")
+        if naive and r:
+            rows.append(f"| naive visibly worse than replay | ACC {_pct(naive['acc'])} vs {_pct(r['acc'])}, "
+                        f"BWT {_pts(naive['bwt'])} | {'yes' if naive['acc'] < r['acc'] - 0.05 else 'no'} |")
+    flow = (overhead or {}).get("flow_vs_bare")
+    if flow:
+        rows.append(f"| platform overhead ≤ 10% of a retrain on a 1,500-row batch | {_pct(flow['overhead_share'])} "
+                    f"(without evaluation {_pct(flow['overhead_share_without_evaluation'])}) | "
+                    f"{'yes' if flow['overhead_share'] <= 0.10 else 'no'} |")
+    return rows + [""] if len(rows) > 2 else []
+
+
+def overhead_table(doc: dict) -> list[str]:
+    lines = [f"Overhead ({doc['date']}) — `{doc['command']}`", ""]
+    flow = doc.get("flow_vs_bare")
+    if flow:
+        lines += [f"Whole `retrain` flow {flow['flow_wall_s']:.1f} s vs bare `train_candidate` "
+                  f"{flow['bare_train_s']:.1f} s on the same {flow['batch_train_rows']:,}-row batch:", "",
+                  "| stage | seconds | share of the flow |", "|---|---|---|"]
+        lines += [f"| {k} | {flow['stage_s'].get(k, 0):.2f} | {_pct(v)} |" for k, v in flow["stage_share"].items()]
+        lines.append("")
+    lines += ["| batch rows | intake s | validation s | drift s |", "|---|---|---|---|"]
+    lines += [f"| {r['rows']:,} | {r['intake_s']} | {r['validate_s']} | {r['drift_s']} |" for r in doc["stages"]]
+    return lines + [""]
+
+
+def section(results: Path, scale: str) -> str:
+    docs = {n: json.loads(p.read_text()) for n in STREAMS if (p := results / f"continual_{n}_{scale}.json").exists()}
+    overhead = json.loads((results / "overhead.json").read_text()) if (results / "overhead.json").exists() else None
+    lines = [START, "## Benchmarks", "",
+             f"Generated by `python -m benchmarks.report` from `benchmarks/results/` ({scale} scale; "
+             "see benchmarks/README.md for definitions). ACC: final mean accuracy over every batch's "
+             "held-out rows; BWT and forgetting in accuracy points (negative BWT = forgetting); samples: "
+             "training rows processed, replay included.", ""]
+    if not docs and not overhead:
+        lines += ["No results at this scale yet: run `make bench`.", ""]
+    lines += targets(docs.get("clinc150"), overhead)
+    for name, doc in docs.items():
+        lines += ([f"**{name}**: skipped — {doc['skipped_stream']}", ""] if doc.get("skipped_stream")
+                  else stream_table(doc))
+    if overhead:
+        lines += overhead_table(overhead)
+    return "\n".join(lines + [END])
+
+
+def update_readme(readme: Path, text: str) -> None:
+    body = readme.read_text()
+    if START in body and END in body:
+        head, rest = body.split(START, 1)
+        body = head + text + rest.split(END, 1)[1]
+    else:
+        body = body.rstrip("\n") + "\n\n" + text + "\n"
+    readme.write_text(body)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", default="small")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--readme", type=Path, default=REPO / "README.md")
+    args = ap.parse_args(argv)
+    update_readme(args.readme, section(args.results, args.scale))
+    print(f"updated {args.readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Which strategies a benchmark runs, as params.yaml overrides of Ratchet's own settings.
+
+A strategy is not new training code: it is a set of dotted overrides (`replay.capacity`,
+`train.distill_weight`, ...) loaded through `tasks.config.load_params`, so a key that the
+fine-tuning engine does not have is caught by the same validation the flow uses, and a
+strategy that needs a missing key is skipped with that reason instead of faked.
+
+- `naive`: no replay (and no distillation): the lower bound. Its gate is advisory
+  (decisions are counted, the model chain always advances); an enforced gate would keep
+  production on batch 1 and hide the forgetting this baseline exists to show.
+- `replay`: Ratchet's defaults from params.yaml, gate enforced as in the flow.
+- `replay@P%`: the defaults with a buffer of P% of the stream's training rows.
+- `reservoir@5%`: plain reservoir selection, 5% buffer, no distillation: the baseline
+  the defaults must beat.
+- `class_balanced@5%`: the defaults with class-balanced selection and a 5% buffer,
+  when the replay module has it.
+- `replay+distill`: the defaults with distillation on replayed rows, when the engine
+  has `train.distill_weight`.
+- `joint`: one fine-tune from the base model on every training row of the stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.config import ConfigError, Params, TrainConfig, load_params
+
+DISTILL_KEY = "distill_weight"
+DEFAULT_DISTILL = 1.0
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    gate: str = "enforce"          # enforce | advisory
+    joint: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategies: list[Strategy]
+    params: dict[str, Params]      # effective params per strategy name
+    skipped: dict[str, str]        # strategy name -> why it was not run
+    same_as: dict[str, str]        # strategy name -> earlier strategy with identical settings
+
+
+def has_train_key(key: str) -> bool:
+    return key in {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[list[Strategy], dict[str, str]]:
+    """All strategies wanted for a stream with `total_train` training rows."""
+    distill = has_train_key(DISTILL_KEY)
+    no_distill = {f"train.{DISTILL_KEY}": 0.0} if distill else {}
+    out = [Strategy("naive", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill}, gate="advisory",
+                    note="no replay; gate advisory (counted, not enforced)"),
+           Strategy("replay", {}, note="Ratchet defaults (params.yaml)")]
+    for pct in sweep:
+        out.append(Strategy(f"replay@{pct:g}%", {"replay.capacity": max(1, math.ceil(pct / 100 * total_train))},
+                            note=f"defaults, buffer {pct:g}% of the stream's training rows"))
+    out.append(Strategy("reservoir@5%", {"replay.strategy": "reservoir",
+                                         "replay.capacity": max(1, math.ceil(0.05 * total_train)), **no_distill},
+                        note="plain reservoir, 5% buffer, no distillation"))
+    skipped = {}
+    # skipped by plan() with the config error when the replay module lacks it
+    out.append(Strategy("class_balanced@5%", {"replay.strategy": "class_balanced",
+                                              "replay.capacity": max(1, math.ceil(0.05 * total_train))},
+                        note="defaults with class-balanced selection, 5% buffer"))
+    if distill:
+        weight = getattr(defaults.train, DISTILL_KEY) or DEFAULT_DISTILL
+        out.append(Strategy("replay+distill", {f"train.{DISTILL_KEY}": weight},
+                            note=f"defaults plus distillation on replayed rows (weight {weight:g})"))
+    else:
+        skipped["replay+distill"] = f"the fine-tuning engine has no train.{DISTILL_KEY} (tasks/config.py TrainConfig)"
+    out.append(Strategy("joint", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill}, joint=True,
+                        note="one fine-tune from the base model on all training rows"))
+    return out, skipped
+
+
+def plan(params_path: Path, base_overrides: dict[str, Any], total_train: int, sweep: list[float],
+         wanted: list[str] | None = None) -> Plan:
+    """Resolve every strategy's params; drop unwanted ones, invalid ones (with the config
+    error as the reason) and exact duplicates of an earlier strategy."""
+    defaults = load_params(params_path, base_overrides)
+    strategies, skipped = candidates(defaults, total_train, sweep)
+    chosen, params, same_as, seen = [], {}, {}, {}
+    for s in strategies:
+        if wanted is not None and s.name not in wanted:
+            continue
+        try:
+            p = load_params(params_path, {**base_overrides, **s.overrides})
+        except ConfigError as exc:
+            skipped[s.name] = f"not supported by this version's params: {exc}"
+            continue
+        key = (repr(p.to_dict()), s.gate, s.joint)
+        if key in seen:
+            same_as[s.name] = seen[key]
+            continue
+        seen[key] = s.name
+        chosen.append(s)
+        params[s.name] = p
+    if wanted is not None:
+        skipped = {k: v for k, v in skipped.items() if k in wanted}
+    return Plan(chosen, params, skipped, same_as)

@@ -1,0 +1,47 @@
+"""README benchmark section: generated from results JSON, replaced in place between markers."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.report import END, START, section, update_readme
+
+
+def _strategy(acc, samples, bwt=-0.01, promotions=3, rejections=0):
+    return {"acc": acc, "bwt": bwt, "max_forgetting": 0.02, "matrix": [[acc]], "samples": samples,
+            "wall_s": 10.0, "samples_per_s": 100.0, "peak_mem_mb": 900.0, "promotions": promotions,
+            "rejections": rejections}
+
+
+def _write_results(folder):
+    doc = {"stream": "clinc150", "scale": "small", "date": "2026-11-29T00:00:00+00:00", "command": "python -m x",
+           "machine": {"cpus": 2, "torch": "2.13.0+cpu", "load_avg_1m_at_start": 1.0, "load_avg_1m_at_end": 1.2},
+           "strategies": {"naive": _strategy(0.2, 1000, bwt=-0.6, promotions=1, rejections=2),
+                          "replay@5%": _strategy(0.9, 2000), "joint": _strategy(0.95, 1000),
+                          "retrain_each": {**_strategy(None, 10000), "bwt": None, "promotions": None,
+                                           "rejections": None}},
+           "skipped": {"replay+distill": "no train.distill_weight"}}
+    (folder / "continual_clinc150_small.json").write_text(json.dumps(doc))
+    (folder / "continual_fpb_small.json").write_text(json.dumps(
+        {"stream": "fpb", "scale": "small", "strategies": {}, "skipped_stream": "not found at /x"}))
+
+
+def test_section_reports_targets_tables_and_skips(tmp_path):
+    _write_results(tmp_path)
+    text = section(tmp_path, "small")
+    assert text.startswith(START) and text.endswith(END)
+    assert "| CLINC150: replay (defaults, 5% buffer) ACC ≥ 97% of joint | 94.7% | no |" in text
+    assert "| … using ≤ 30% of retrain_each's samples | 20.0% | yes |" in text
+    assert "| replay@5% | 90.0% | 95% | -1.0 pts |" in text
+    assert "replay+distill | skipped: no train.distill_weight" in text
+    assert "**fpb**: skipped — not found at /x" in text
+
+
+def test_update_readme_replaces_only_its_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nintro\n")
+    update_readme(readme, f"{START}\nold\n{END}")
+    update_readme(readme, f"{START}\nnew\n{END}")
+    body = readme.read_text()
+    assert body.startswith("# Title\n\nintro\n") and "new" in body and "old" not in body
+    assert body.count(START) == 1
