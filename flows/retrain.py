@@ -23,10 +23,12 @@ from prefect import flow, get_run_logger
 from tasks.audit import record_data, version_metadata
 from tasks.config import Params, load_params
 from tasks.drift import drift_task
+from tasks.embed_drift import load_champion
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import gate_task
 from tasks.intake import Intake, Split, intake_task, is_known, load_train, quarantine, split_task
+from tasks.policy import add_pending, clear_pending, decide, load_pending
 from tasks.registry import Registry, promote_task
 from tasks.validate import validate_task
 from tasks.workspace import Workspace
@@ -99,13 +101,24 @@ def _validate_stage(run: Run, got: Intake) -> Outcome | None:
     return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
 
 
-def _drift_stage(run: Run, split: Split, lineage: list[str]) -> Outcome | None:
-    """Drift of the new batch against the data behind production (reported, not yet a policy)."""
+def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, force: bool = False,
+                 waiting: int = 0) -> Outcome | None:
+    """Drift of the new batch against the data behind production (and pending batches),
+    then the retrain policy: a batch it turns down is skipped (exit 5) but kept pending."""
     reference = load_train(lineage, run.ws)
+    meta = run.reg.metadata(run.champion) if run.champion else None
+    champion = load_champion(run.reg.path(run.champion) if run.champion else None, base=run.params.model.base,
+                             metadata=meta, seed=run.params.train.seed)
     drift = drift_task(pd.concat([split.train, split.test], ignore_index=True), reference,
-                       run.params.drift, run.ws.run_dir(run.run_id), run.params.train.seed)
-    run.details["drift"] = drift.to_dict()
-    return None
+                       run.params.drift, run.ws.run_dir(run.run_id), run.params.train.seed, champion)
+    run.details["drift"] = drift.headline()
+    policy = decide(drift, run.params.retrain, has_champion=run.champion is not None, force=force,
+                    waiting_rows=waiting + len(split.train), champion_created_at=(meta or {}).get("created_at"))
+    run.details["policy"] = policy.to_dict()
+    if policy.retrain:
+        return None
+    run.details["pending"] = add_pending(run.ws.data_dir, batch_id)
+    return run.outcome("skipped", batch_id, [policy.reason, drift.reason])
 
 
 def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
@@ -158,15 +171,22 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
 
     split = split_task(got.frame, got.batch_id, run.params.intake.test_share, ws)
     lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
-    settled = _drift_stage(run, split, lineage)
+    # batches the policy skipped earlier join the reference, the training rows and the lineage
+    pending = [b for b in load_pending(ws.data_dir) if b not in lineage and b != got.batch_id]
+    waiting = load_train(pending, ws)
+    lineage = lineage + pending
+    settled = _drift_stage(run, split, lineage, got.batch_id, force, 0 if waiting is None else len(waiting))
     if settled:
         return _finish(settled, ws)
+    if waiting is not None:
+        split = Split(pd.concat([waiting, split.train], ignore_index=True), split.dev, split.test)
 
     candidate, cand_sheets, decision = _train_and_judge(run, split, got.batch_id, lineage)
     try:
         if not decision.promote:
             return _finish(run.outcome("rejected", got.batch_id, decision.reasons), ws)
         version = _promote_stage(run, candidate, cand_sheets, decision, got.batch_id, lineage)
+        clear_pending(ws.data_dir, [*lineage, got.batch_id])
         return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), ws)
     finally:
         shutil.rmtree(candidate.path, ignore_errors=True)

@@ -47,6 +47,20 @@ class ValidateConfig:
 class DriftConfig:
     drift_share: float = 0.5
     max_reference_rows: int = 5000
+    max_current_rows: int = 10000
+    max_embed_rows: int = 1000
+    embedding_method: str = "model"
+    embedding_threshold: float = 0.7
+    min_slice_rows: int = 30
+    max_quality_drop: float = 0.1
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    # always | drift | quality_drop | drift_or_quality (see tasks/policy.py)
+    when: str = "drift_or_quality"
+    min_rows: int = 0
+    min_interval_hours: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ class Params:
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -111,6 +126,8 @@ _CHOICES = {
     ("train", "precision"): {"auto", "fp32", "bf16"},
     ("train", "device"): {"auto", "cpu", "cuda"},
     ("replay", "strategy"): {"reservoir"},
+    ("drift", "embedding_method"): {"model", "mmd", "distance"},
+    ("retrain", "when"): {"always", "drift", "quality_drop", "drift_or_quality"},
 }
 
 
