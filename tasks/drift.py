@@ -163,7 +163,7 @@ def _model_signals(cur: pd.DataFrame, ref: pd.DataFrame, champion: Champion, cfg
                    rows_total: int) -> tuple[list[EmbeddingDrift], Quality | None, dict]:
     """One forward pass per side over at most max_embed_rows: embeddings and answers."""
     cur_e, ref_e = sample_rows(cur, cfg.max_embed_rows, seed), sample_rows(ref, cfg.max_embed_rows, seed)
-    kw = {"batch_size": 64, "max_length": 64}
+    kw = {"batch_size": 64, "max_length": champion.max_length}
     ref_emb, _ = encode(champion.clf, list(ref_e[TEXT].astype(str)), **kw)
     cur_emb, pred = encode(champion.clf, list(cur_e[TEXT].astype(str)), **kw)
     embeddings = embedding_drifts(ref_emb, _slices(ref_e), cur_emb, _slices(cur_e), method=cfg.embedding_method,
@@ -267,7 +267,7 @@ def check_file(path: Path, ws, params, run_id: str):
     lineage = list(meta.get("batch_ids", []))
     lineage += [b for b in load_pending(ws.data_dir) if b not in lineage]
     champion = load_champion(reg.path(production) if production else None, base=params.model.base,
-                             metadata=meta, seed=params.train.seed)
+                             metadata=meta, seed=params.train.seed, max_length=params.model.max_length)
     split = split_batch(frame, batch_id_for(raw), params.intake.test_share)
     current = pd.concat([split.train, split.dev, split.test], ignore_index=True)
     result = detect_drift(current, load_train(lineage, ws), params.drift, ws.run_dir(run_id), params.train.seed,

@@ -44,6 +44,7 @@ class Champion:
     name: str  # registry version, or "base:<model.base>" before the first promotion
     recorded_accuracy: float | None  # overall held-out (exam) accuracy at promotion
     knows_labels: bool = True  # False for a bare base encoder: no quality signal
+    max_length: int = 64  # model.max_length: the tokens it sees when it serves
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,15 @@ class Quality:
     dropped: bool
 
 
-def load_champion(model_dir: str | Path | None, *, base: str, metadata: dict | None, seed: int) -> Champion:
+def load_champion(model_dir: str | Path | None, *, base: str, metadata: dict | None, seed: int,
+                  max_length: int = 64) -> Champion:
     """Production from the registry, or the base encoder when nothing is promoted yet."""
     if model_dir is None:
         clf = load_base(base, ["unknown"], seed)  # the head is never used: embeddings only
-        return Champion(clf, f"base:{base}", None, knows_labels=False)
+        return Champion(clf, f"base:{base}", None, knows_labels=False, max_length=max_length)
     overall = ((metadata or {}).get("metrics") or {}).get("overall") or {}
     return Champion(load_classifier(model_dir), str((metadata or {}).get("version", Path(model_dir).name)),
-                    overall.get("accuracy"))
+                    overall.get("accuracy"), max_length=max_length)
 
 
 def coverage(clf: Classifier, texts: list[str]) -> pd.DataFrame:
