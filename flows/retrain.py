@@ -108,7 +108,8 @@ def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, forc
     reference = load_train(lineage, run.ws)
     meta = run.reg.metadata(run.champion) if run.champion else None
     champion = load_champion(run.reg.path(run.champion) if run.champion else None, base=run.params.model.base,
-                             metadata=meta, seed=run.params.train.seed, max_length=run.params.model.max_length)
+                             metadata=meta, seed=run.params.train.seed,
+                             max_length=run.params.model.max_length) if lineage else None  # nothing to compare yet
     drift = drift_task(pd.concat([split.train, split.test], ignore_index=True), reference,
                        run.params.drift, run.ws.run_dir(run.run_id), run.params.train.seed, champion)
     run.details["drift"] = drift.headline()

@@ -229,9 +229,11 @@ def _write_json(path: Path, result: DriftResult, evidently: dict[str, Any] | Non
 
 # --- Prefect edge -------------------------------------------------------------------
 from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 
-@task(name="drift")
+# NO_CACHE: the default policy would cloudpickle the champion's weights to hash them
+@task(name="drift", cache_policy=NO_CACHE)
 def drift_task(
     current: pd.DataFrame,
     reference: pd.DataFrame | None,
@@ -266,8 +268,8 @@ def check_file(path: Path, ws, params, run_id: str):
     meta = reg.metadata(production) if production else {}
     lineage = list(meta.get("batch_ids", []))
     lineage += [b for b in load_pending(ws.data_dir) if b not in lineage]
-    champion = load_champion(reg.path(production) if production else None, base=params.model.base,
-                             metadata=meta, seed=params.train.seed, max_length=params.model.max_length)
+    champion = load_champion(reg.path(production) if production else None, base=params.model.base, metadata=meta,
+                             seed=params.train.seed, max_length=params.model.max_length) if lineage else None
     split = split_batch(frame, batch_id_for(raw), params.intake.test_share)
     current = pd.concat([split.train, split.dev, split.test], ignore_index=True)
     result = detect_drift(current, load_train(lineage, ws), params.drift, ws.run_dir(run_id), params.train.seed,

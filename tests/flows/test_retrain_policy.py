@@ -92,7 +92,7 @@ def test_drift_command_json(champion_ws):
     before = sorted(p.name for p in (ws / "data" / "batches").iterdir())
     done = CliRunner().invoke(app, ["drift", str(paths["new"]), "--workspace", str(ws), "--json"])
     assert done.exit_code == 0, done.output
-    report = json.loads(done.output)
+    report = json.loads(done.stdout)  # stderr carries transformers progress bars
     assert report["drifted"] is True and "new_labels" in report["signals"]
     assert report["validation"]["passed"] and report["quality"]["rows_scored"] == 0
     assert sorted(p.name for p in (ws / "data" / "batches").iterdir()) == before  # nothing stored
