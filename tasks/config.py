@@ -48,7 +48,7 @@ class DriftConfig:
     drift_share: float = 0.5
     max_reference_rows: int = 5000
     max_current_rows: int = 10000
-    max_embed_rows: int = 1000
+    max_embed_rows: int = 400
     embedding_method: str = "model"
     embedding_threshold: float = 0.7
     min_slice_rows: int = 30
