@@ -51,7 +51,7 @@ class DriftConfig:
     max_embed_rows: int = 400
     embedding_method: str = "model"
     embedding_threshold: float = 0.7
-    min_slice_rows: int = 30
+    min_slice_rows: int = 50
     max_quality_drop: float = 0.1
 
 
