@@ -60,16 +60,19 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 @app.command()
-def retrain(batch: Path = typer.Option(..., "--batch", help="Batch file: CSV, JSONL or Parquet."),
+def retrain(batch: str = typer.Option(..., "--batch", help="Batch file: CSV, JSONL or Parquet; a path or s3://bucket/key."),
             workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
             force: bool = typer.Option(False, help="Train even on a batch seen before, whatever the retrain policy says."),
             set_: list[str] = typer.Option([], "--set", help="Override a param, e.g. train.epochs=1.")) -> None:
     """Run one batch through validate, drift, finetune, evaluate, gate, promote."""
     _quiet_defaults()
-    from tasks.config import ConfigError
+    from rich.markup import escape
 
-    if not batch.exists():
-        console.print(f"[red]error:[/] no batch file at {batch}")
+    from tasks.config import ConfigError
+    from tasks.storage import is_s3
+
+    if not is_s3(batch) and not Path(batch).exists():
+        console.print(f"[red]error:[/] no batch file at {escape(batch)}")
         raise typer.Exit(2)
     try:
         from flows.retrain import retrain as retrain_flow
@@ -81,7 +84,7 @@ def retrain(batch: Path = typer.Option(..., "--batch", help="Batch file: CSV, JS
     colour = {"promoted": "green", "rejected": "yellow", "quarantined": "red", "skipped": "cyan"}[outcome["status"]]
     console.print(f"[{colour}]{outcome['status']}[/] batch {outcome['batch_id']} -> production {outcome['production']}")
     for reason in outcome["reasons"]:
-        console.print(f"  - {reason}")
+        console.print(f"  - {escape(reason)}", highlight=False)  # reasons quote delivered text
     if outcome["details"].get("drift"):
         _print_drift(outcome["details"]["drift"])
     if outcome["details"].get("gate_table"):
@@ -127,14 +130,74 @@ def drift(path: Path = typer.Argument(..., help="Batch file: CSV, JSONL or Parqu
 
 
 def _print_drift(head: dict) -> None:
+    from rich.markup import escape
+
     colour = "yellow" if head["drifted"] or head["quality_dropped"] else "green"
     verdict = "drifted" if head["drifted"] else "no drift"
     if head["quality_dropped"]:
         verdict += ", champion quality dropped"
-    console.print(f"[{colour}]{verdict}[/] signals: {', '.join(head['signals']) or 'none'}"
-                  + (" (sampled)" if head["sampled"] else ""))
-    console.print(f"  {head['reason']}")
+    console.print(f"[{colour}]{verdict}[/] signals: {escape(', '.join(head['signals']) or 'none')}"
+                  + (" (sampled)" if head["sampled"] else ""), highlight=False)
+    console.print(f"  {escape(head['reason'])}", highlight=False)  # the reason names delivered labels
     console.print(f"  report: {head['json_path']}")
+
+
+@app.command()
+def validate(path: str = typer.Argument(..., help="Batch file to check: a path or s3://bucket/key."),
+             workspace: Path = typer.Option(Path("."), help="Repository root whose production model, "
+                                            "exam and params the file is checked against."),
+             set_: list[str] = typer.Option([], "--set", help="Override a param, e.g. labels.allow_new=false."),
+             as_json: bool = typer.Option(False, "--json", help="The full result as JSON on stdout.")) -> None:
+    """Check a batch file against the contract, without training or writing anything.
+    Exit 0 when it would be accepted (with or without warnings), 4 when rejected."""
+    _quiet_defaults()
+    from rich.markup import escape
+
+    from tasks.config import ConfigError, load_params
+    from tasks.storage import StorageError, is_s3
+    from tasks.validate import check_file
+    from tasks.workspace import Workspace
+
+    if not is_s3(path) and not Path(path).is_file():
+        console.print(f"[red]error:[/] no batch file at {escape(path)}")
+        raise typer.Exit(2)
+    ws = Workspace.at(workspace)
+    try:
+        batch_id, result = check_file(path, ws, load_params(ws.params_path, _overrides(set_)))
+    except (ConfigError, typer.BadParameter) as exc:
+        console.print(f"[red]configuration error:[/] {escape(str(exc))}")
+        raise typer.Exit(2)
+    except StorageError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2)
+    known = (ws.batch_dir(batch_id) / "manifest.json").exists()
+    if as_json:
+        typer.echo(json.dumps({"batch_id": batch_id, "already_accepted": known, **result.to_dict()}, indent=2))
+    else:
+        _print_validation(batch_id, result)
+        if known:
+            console.print(f"note: this exact file was already accepted as {batch_id}; `ratchet retrain` would skip it")
+    raise typer.Exit(4 if result.verdict == "rejected" else 0)
+
+
+def _print_validation(batch_id: str, result) -> None:
+    from rich.markup import escape
+
+    colour = {"accepted": "green", "accepted_with_warnings": "yellow", "rejected": "red"}[result.verdict]
+    counts = result.counts()
+    console.print(f"[{colour}]{result.verdict}[/] batch {batch_id}: {counts['rows']} rows, "
+                  f"{counts['dropped_bad_rows']} would be dropped, {counts['kept_rows']} would go on")
+    if result.failures or result.warnings:
+        table = Table(show_lines=False)
+        for column in ["", "check", "column", "rows", "example rows", "problem"]:
+            table.add_column(column)
+        for mark, items in (("[red]FAIL[/]", result.failures), ("[yellow]WARN[/]", result.warnings)):
+            for f in items:
+                table.add_row(mark, escape(f.expectation), escape(str(f.column or "")), str(f.count),
+                              ", ".join(map(str, f.examples)), escape(f.message))
+        Console(width=max(console.width, 160)).print(table, highlight=False)
+    if result.verdict == "accepted_with_warnings":
+        console.print("accepted with warnings: the batch would go on; see the warnings above")
 
 
 @app.command()

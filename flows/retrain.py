@@ -21,14 +21,16 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from tasks.audit import record_data, version_metadata
-from tasks.config import Params, load_params
+from tasks.config import Params, load_params, params_hash
+from tasks.context import load_context
 from tasks.drift import drift_task
 from tasks.embed_drift import load_champion
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import gate_task
-from tasks.intake import Intake, Split, intake_task, is_known, load_train, quarantine, split_task
+from tasks.intake import Intake, Split, intake_task, is_known, load_train, split_task
 from tasks.policy import add_pending, clear_pending, decide, load_pending
+from tasks.quarantine import quarantine_batch, quarantine_rows
 from tasks.registry import Registry, promote_task
 from tasks.validate import validate_task
 from tasks.workspace import Workspace
@@ -90,15 +92,22 @@ def _run_name() -> str:
     return f"retrain-{Path(str(flow_run.parameters.get('batch', 'batch'))).stem}"
 
 
-def _validate_stage(run: Run, got: Intake) -> Outcome | None:
-    """Validation; a rejected batch is quarantined byte-for-byte and settles the run."""
-    checked = validate_task(got.frame, run.params.validate, got.parse_error)
+def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
+    """Validation; a rejected batch is quarantined byte-for-byte and settles the run.
+    Otherwise the rows that go on: bad rows dropped under `on_bad_rows: drop_rows` (kept
+    in the quarantine with their reasons) and rows that would leak into or out of the
+    exam removed; the counts are in the decision's details.validation.counts."""
+    params = run.params
+    context = load_context(run.ws, params, got.batch_id) if got.frame is not None else None
+    checked = validate_task(got.frame, params.validate, got.parse_error, labels=params.labels,
+                            context=context, rows=got.rows, malformed=got.malformed)
     run.details["validation"] = checked.to_dict()
-    if checked.passed:
-        return None
-    report = {"batch_id": got.batch_id, "source": run.source, "validation": checked.to_dict()}
-    run.details["quarantine"] = str(quarantine(got, report, run.ws))
-    return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
+    if not checked.passed:
+        run.details["quarantine"] = str(quarantine_batch(got, checked, run.source, run.ws))
+        return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
+    if checked.dropped:
+        run.details["dropped_rows"] = str(quarantine_rows(got, checked, run.source, run.ws))
+    return checked.kept(got.frame)
 
 
 def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, force: bool = False,
@@ -126,7 +135,12 @@ def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
     """Fine-tune a candidate from the champion, examine both on every held-out slice, gate."""
     params = run.params
     champion_dir = run.reg.checked_path(run.champion) if run.champion else None  # never train on a damaged champion
-    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / run.run_id, params)
+    # keyed by inputs, not by run, so a rerun after a kill resumes the checkpoints there
+    key = f"{batch_id}-{run.champion or 'base'}-{params_hash(params)}"
+    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / key, params, split.dev)
+    run_dir = run.ws.run_dir(run.run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train_report.json").write_text(json.dumps(candidate.train.to_dict(), indent=2))
     # --force on a batch already in the lineage must not put its held-out rows in twice
     exam = load_exam(run.ws.exam_dir, [b for b in lineage if b != batch_id] + [batch_id])
     cand_sheets = evaluate_task(candidate.path, exam, batch_id, params.evaluate, params.model.max_length)
@@ -158,19 +172,19 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     run = Run(ws=ws, params=load_params(ws.params_path, overrides), reg=reg,
               champion=reg.resolve("production"), source=str(batch))
 
-    known = is_known(batch, ws)
+    known = is_known(batch, ws, run.params.validate.s3_endpoint or None)
     if known and not force:
         run.run_id = f"{_stamp()}-{known}"
         return _finish(run.outcome("skipped", known, [
             f"batch {known} was already accepted; use --force to train on it again"]), ws)
 
-    got = intake_task(batch, ws)
+    got = intake_task(batch, ws, run.params.validate)
     run.run_id = f"{_stamp()}-{got.batch_id}"
-    settled = _validate_stage(run, got)
-    if settled:
-        return _finish(settled, ws)
+    checked = _validate_stage(run, got)
+    if isinstance(checked, Outcome):
+        return _finish(checked, ws)
 
-    split = split_task(got.frame, got.batch_id, run.params.intake.test_share, ws)
+    split = split_task(checked, got.batch_id, run.params.intake.test_share, ws)
     lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
     # batches the policy skipped earlier join the reference, the training rows and the lineage
     pending = [b for b in load_pending(ws.data_dir) if b not in lineage and b != got.batch_id]

@@ -8,6 +8,7 @@ the key, so a typo never silently becomes a default.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -41,6 +42,28 @@ class ValidateConfig:
     min_rows: int = 10
     min_text_chars: int = 1
     max_text_chars: int = 2000
+    # tokens under the production tokenizer (special tokens included); 0 = no check
+    max_tokens: int = 512
+    # reject_batch: any bad row rejects the batch; drop_rows: bad rows are quarantined
+    # with their reasons and the rest goes on
+    on_bad_rows: str = "reject_batch"
+    # how delivered CSV/JSONL bytes are decoded ("utf-8" also accepts a BOM)
+    encoding: str = "utf-8"
+    # endpoint for s3:// batch sources; empty = the standard AWS settings
+    s3_endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    # labels production does not know yet; each needs at least min_examples_new rows
+    allow_new: bool = True
+    min_examples_new: int = 2
+    # no label may hold more than this share of the batch (1.0 = no limit)
+    max_label_share: float = 1.0
+    # KL divergence of the batch's known-label distribution from the training data behind
+    # production; over the bound it is a warning or a failure
+    max_kl: float = 1.0
+    kl_action: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,19 @@ class TrainConfig:
     seed: int = 13
     precision: str = "auto"
     device: str = "auto"
+    # 0 = no limit; otherwise training stops after this many optimizer steps
+    max_steps: int = 0
+    # epochs without a better dev loss before stopping (0 = off); best dev weights are kept
+    early_stopping_patience: int = 0
+    # share of the new train rows held out as dev when the batch brings no dev rows
+    dev_share: float = 0.1
+    # LwF: weight of the KL term to the champion's outputs on replayed rows (0 = off)
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
+    # embeddings + this many lowest encoder layers get no updates
+    freeze_layers: int = 0
+    # optimizer steps between checkpoints (0 = none); a rerun resumes from the last one
+    checkpoint_every: int = 100
 
 
 @dataclass(frozen=True)
@@ -110,6 +146,7 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
@@ -125,7 +162,9 @@ class Params:
 _CHOICES = {
     ("train", "precision"): {"auto", "fp32", "bf16"},
     ("train", "device"): {"auto", "cpu", "cuda"},
-    ("replay", "strategy"): {"reservoir"},
+    ("replay", "strategy"): {"reservoir", "class_balanced", "slice_balanced"},
+    ("validate", "on_bad_rows"): {"reject_batch", "drop_rows"},
+    ("labels", "kl_action"): {"warn", "fail"},
     ("drift", "embedding_method"): {"model", "mmd", "distance"},
     ("retrain", "when"): {"always", "drift", "quality_drop", "drift_or_quality"},
 }
@@ -185,8 +224,14 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
     params = Params(**built)
     if params.train.batch_size < 1 or params.train.epochs < 1:
         raise ConfigError("params: train.batch_size and train.epochs must be at least 1")
+    if not 0 <= params.train.dev_share < 1 or params.train.distill_temperature <= 0:
+        raise ConfigError("params: train.dev_share must be in [0, 1) and train.distill_temperature above 0")
     if params.replay.capacity < 0:
         raise ConfigError("params: replay.capacity must not be negative")
+    try:
+        codecs.lookup(params.validate.encoding)
+    except LookupError:
+        raise ConfigError(f"params: validate.encoding: unknown encoding {params.validate.encoding!r}") from None
     return params
 
 

@@ -246,21 +246,27 @@ def drift_task(
 
 
 def check_file(path: Path, ws, params, run_id: str):
-    """`ratchet drift PATH`: validate a delivery and check it for drift against production
-    (and the pending batches), as the flow would, without storing or training anything.
-    Returns (ValidationResult, DriftResult or None when validation failed)."""
-    from tasks.intake import batch_id_for, load_train, parse_bytes, split_batch
+    """`ratchet drift PATH`: validate a delivery (as `ratchet validate` does) and check the
+    rows that would go on for drift against production and the pending batches, as the
+    flow would, without storing or training anything.
+    Returns (ValidationResult, DriftResult or None when validation rejected the file)."""
+    from tasks.context import load_context
     from tasks.embed_drift import load_champion
+    from tasks.intake import batch_id_for, load_train, source_name, split_batch
+    from tasks.parsing import parse_table
     from tasks.policy import load_pending
     from tasks.registry import Registry
+    from tasks.storage import read_bytes
     from tasks.validate import validate_frame
 
-    raw = Path(path).read_bytes()
+    raw = read_bytes(str(path), endpoint_url=params.validate.s3_endpoint or None)
+    batch_id = batch_id_for(raw)
     try:
-        frame, error = parse_bytes(raw, Path(path).name), None
-    except Exception as exc:  # same as intake: an unreadable file is a validation verdict
-        frame, error = None, f"{type(exc).__name__}: {exc}"
-    checked = validate_frame(frame, params.validate, error)
+        table = parse_table(raw, source_name(str(path)), params.validate.encoding)
+    except Exception as exc:  # the same verdict the flow gives an unparseable file
+        return validate_frame(None, params.validate, f"{type(exc).__name__}: {exc}"), None
+    checked = validate_frame(table.frame, params.validate, labels=params.labels,
+                             context=load_context(ws, params, batch_id), rows=table.rows, malformed=table.malformed)
     if not checked.passed:
         return checked, None
     reg = Registry(ws.models_dir)
@@ -270,7 +276,7 @@ def check_file(path: Path, ws, params, run_id: str):
     lineage += [b for b in load_pending(ws.data_dir) if b not in lineage]
     champion = load_champion(reg.path(production) if production else None, base=params.model.base, metadata=meta,
                              seed=params.train.seed, max_length=params.model.max_length) if lineage else None
-    split = split_batch(frame, batch_id_for(raw), params.intake.test_share)
+    split = split_batch(checked.kept(table.frame), batch_id, params.intake.test_share)
     current = pd.concat([split.train, split.dev, split.test], ignore_index=True)
     result = detect_drift(current, load_train(lineage, ws), params.drift, ws.run_dir(run_id), params.train.seed,
                           champion)

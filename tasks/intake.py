@@ -13,31 +13,38 @@ held-out rows join the exam under data/exam/<id>.parquet. Training never sees th
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from tasks.config import ValidateConfig
+from tasks.parsing import SUPPORTED, parse_table  # noqa: F401  (SUPPORTED: part of intake's API)
+from tasks.storage import read_bytes
 from tasks.workspace import Workspace
 
-SUPPORTED = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 TRAIN_NAMES = {"train", "training"}
 DEV_NAMES = {"dev", "val", "valid", "validation"}
 TEST_NAMES = {"test", "holdout", "held-out", "heldout", "eval"}
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 @dataclass(frozen=True)
 class Intake:
     """A delivered batch: its id, where its raw bytes are kept, and its parsed table
-    (None with `parse_error` set when the file could not be read)."""
+    (None with `parse_error` set when the file could not be read). `rows` holds each
+    table row's 1-based row number in the file; `malformed` the rows that could not be
+    read (position -> why)."""
 
     batch_id: str
     raw_path: Path
     frame: pd.DataFrame | None
     parse_error: str | None = None
+    rows: list[int] | None = None
+    malformed: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,38 +59,41 @@ def batch_id_for(raw: bytes) -> str:
     return "b-" + hashlib.sha256(raw).hexdigest()[:12]
 
 
-def parse_bytes(raw: bytes, name: str) -> pd.DataFrame:
+def parse_bytes(raw: bytes, name: str, encoding: str = "utf-8") -> pd.DataFrame:
     """Parse a batch file's bytes by its extension. Raises ValueError with a clear message."""
-    kind = SUPPORTED.get(Path(name).suffix.lower())
-    if kind is None:
-        raise ValueError(f"unsupported file type '{Path(name).suffix}' (use .csv, .jsonl or .parquet)")
-    if kind == "parquet":
-        return pd.read_parquet(io.BytesIO(raw))
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bad = exc.start + len(raw) - len(exc.object)  # utf-8-sig reports offsets past the BOM
-        raise ValueError(f"file is not UTF-8: first bad byte at offset {bad}") from exc
-    if kind == "jsonl":
-        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
-    return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+    return parse_table(raw, name, encoding).frame
 
 
-def intake(path: str | Path, ws: Workspace) -> Intake:
-    """Keep the raw bytes under data/batches/<id>/raw/ and parse them."""
-    path = Path(path)
-    raw = path.read_bytes()
+def source_name(source: str | Path) -> str:
+    """The file name of a local path or of an s3:// key."""
+    return str(source).rstrip("/").rsplit("/", 1)[-1]
+
+
+def raw_file_name(name: str, batch_id: str) -> str:
+    """The name the raw bytes are kept under: the delivered name when it is plainly a
+    file name, else one derived from the batch id, so a hostile name never becomes a path."""
+    if SAFE_NAME.match(name) and ".." not in name:
+        return name
+    suffix = Path(name).suffix.lower()
+    return batch_id + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else ".bin")
+
+
+def intake(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None) -> Intake:
+    """Keep the raw bytes (local path or s3:// URI) under data/batches/<id>/raw/ and parse them."""
+    cfg = cfg or ValidateConfig()
+    raw = read_bytes(source, endpoint_url=cfg.s3_endpoint or None)
     batch_id = batch_id_for(raw)
+    name = source_name(source)
     raw_dir = ws.batch_dir(batch_id) / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
-    raw_path = raw_dir / path.name
+    raw_path = raw_dir / raw_file_name(name, batch_id)
     if not raw_path.exists():
-        shutil.copyfile(path, raw_path)
+        raw_path.write_bytes(raw)
     try:
-        frame = parse_bytes(raw, path.name)
+        table = parse_table(raw, name, cfg.encoding)
     except Exception as exc:  # any parser failure is a validation verdict, not a crash
         return Intake(batch_id, raw_path, None, f"{type(exc).__name__}: {exc}")
-    return Intake(batch_id, raw_path, frame)
+    return Intake(batch_id, raw_path, table.frame, rows=table.rows, malformed=table.malformed)
 
 
 def _hash_is_test(text: str, test_share: float) -> bool:
@@ -91,20 +101,25 @@ def _hash_is_test(text: str, test_share: float) -> bool:
     return bucket < test_share * 10_000
 
 
+def assign_split(frame: pd.DataFrame, test_share: float) -> pd.Series:
+    """Where each row goes, lower-cased: the batch's `split` value when it is a known
+    name, else train/test by a stable hash of the text."""
+    texts = frame["text"].astype(str)
+    by_hash = texts.map(lambda t: "test" if _hash_is_test(t, test_share) else "train")
+    if "split" not in frame.columns:
+        return by_hash
+    split = frame["split"].astype(str).str.strip().str.lower()
+    return split.where(split.isin(TRAIN_NAMES | DEV_NAMES | TEST_NAMES), by_hash)
+
+
 def split_batch(frame: pd.DataFrame, batch_id: str, test_share: float) -> Split:
     """Normalise columns and separate train / dev / held-out rows."""
     df = frame.copy()
+    split = assign_split(df, test_share)
     df["text"] = df["text"].astype(str)
     df["label"] = df["label"].astype(str)
     df["slice"] = df["slice"].astype(str) if "slice" in df.columns else batch_id
     df["batch_id"] = batch_id
-    if "split" in df.columns:
-        split = df["split"].astype(str).str.strip().str.lower()
-        unknown = ~split.isin(TRAIN_NAMES | DEV_NAMES | TEST_NAMES)
-        by_hash = df["text"].map(lambda t: "test" if _hash_is_test(t, test_share) else "train")
-        split = split.where(~unknown, by_hash)
-    else:
-        split = df["text"].map(lambda t: "test" if _hash_is_test(t, test_share) else "train")
     keep = ["text", "label", "slice", "batch_id"]
     return Split(
         train=df.loc[split.isin(TRAIN_NAMES), keep].reset_index(drop=True),
@@ -147,9 +162,9 @@ def quarantine(result: Intake, report: dict, ws: Workspace) -> Path:
     return target
 
 
-def is_known(path: str | Path, ws: Workspace) -> str | None:
-    """The batch id when these exact bytes were already accepted, else None."""
-    batch_id = batch_id_for(Path(path).read_bytes())
+def is_known(source: str | Path, ws: Workspace, endpoint_url: str | None = None) -> str | None:
+    """The batch id when these exact bytes (local path or s3:// URI) were already accepted, else None."""
+    batch_id = batch_id_for(read_bytes(source, endpoint_url=endpoint_url))
     return batch_id if (ws.batch_dir(batch_id) / "manifest.json").exists() else None
 
 
@@ -158,8 +173,8 @@ from prefect import task  # noqa: E402
 
 
 @task(name="intake", retries=2, retry_delay_seconds=[1, 5])
-def intake_task(path: str | Path, ws: Workspace) -> Intake:
-    return intake(path, ws)
+def intake_task(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None) -> Intake:
+    return intake(source, ws, cfg)
 
 
 @task(name="split")
@@ -181,7 +196,9 @@ def main() -> None:
     out = pipeline.stage_dir("intake")
     info = {"batch_id": batch_id_for(raw), "source": str(source), "bytes": len(raw), "parse_error": None}
     try:
-        parse_bytes(raw, source.name).to_pickle(out / "frame.pkl")
+        table = parse_table(raw, source.name, p.validate.encoding)
+        table.frame.to_pickle(out / "frame.pkl")
+        info.update(rows=table.rows, malformed=table.malformed)
     except Exception as exc:
         info["parse_error"] = f"{type(exc).__name__}: {exc}"
     pipeline.write_json(out / "batch.json", info)

@@ -101,6 +101,26 @@ def grow_head(clf: Classifier, new_labels: list[str], seed: int) -> Classifier:
     return clf
 
 
+def freeze_lower_layers(model: PreTrainedModel, n: int) -> int:
+    """Stop gradients to the embeddings and the lowest `n` encoder layers (n=0: train all).
+
+    Lower layers hold general language knowledge that every batch shares; freezing them
+    is a cheap guard against forgetting and saves their optimizer state. Returns how many
+    parameters were frozen."""
+    if n <= 0:
+        return 0
+    encoder = model.base_model
+    layers = encoder.encoder.layer
+    if n > len(layers):
+        raise ValueError(f"train.freeze_layers: {n} but the encoder has {len(layers)} layers")
+    frozen = 0
+    for module in [encoder.embeddings, *layers[:n]]:
+        for param in module.parameters():
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 def save_classifier(clf: Classifier, path: str | Path) -> Path:
     """save_pretrained (safetensors) + tokenizer + a plain label map."""
     path = Path(path)

@@ -1,34 +1,42 @@
 """Validate: the gate of the batch path, between intake and drift.
 
-A parsed batch is checked against an expectation suite built in code from
-`ValidateConfig` with Great Expectations 1.x: `text` and `label` exist, are non-null,
-non-blank strings, text lengths lie within bounds, `id` (when present) is unique, and
-the batch has at least `min_rows` rows. A file intake could not parse fails here too,
-as `file_parses`. The flow quarantines any batch whose result has `passed=False`.
+A parsed batch is checked against the batch contract. A Great Expectations 1.x suite
+built from `ValidateConfig` (params.yaml) runs in a throwaway in-memory context: `text`
+and `label` exist, are non-null, non-blank strings, text lengths lie within bounds,
+`id` (when present) is unique, and the batch has at least `min_rows` rows. What GX has
+no expectation for (unreadable rows, control characters, token length, duplicates,
+conflicting labels, the label vocabulary and distribution) comes from tasks/contract.py
+and leakage against the exam from tasks/leakage.py, in the same shape. A file intake
+could not parse fails here too, as `file_parses`.
 
-GX's result objects never leave this module: each failed expectation becomes a
-`Failure` with a count and up to five 0-based row numbers.
+The verdict is `accepted`, `accepted_with_warnings` or `rejected`. Under
+`on_bad_rows: drop_rows` bad rows are dropped (and listed as warnings) instead of
+rejecting the batch; problems with the batch as a whole always reject it. GX's result
+objects never leave this module: each failed check becomes a `Failure` with a count and
+up to five example row numbers, 1-based rows of the delivered file.
 """
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from tasks.config import ValidateConfig
+from tasks.config import LabelsConfig, ValidateConfig
+from tasks.contract import Check, Context, batch_checks, row_checks, usable_rows
+from tasks.gx_suite import REQUIRED, _exception_message, gx_checks  # noqa: F401  (re-exported)
+from tasks.leakage import KINDS, find_leakage
 
-REQUIRED = ("text", "label")
 MAX_EXAMPLES = 5
-BLANK = r"^\s*$"
 
 
 @dataclass(frozen=True)
 class Failure:
-    """One failed check: which, on which column, how many rows, and a few of them."""
+    """One failed check: which, on which column, how many rows, and a few of them
+    (1-based row numbers of the delivered file)."""
 
     expectation: str
     column: str | None
@@ -42,180 +50,158 @@ class ValidationResult:
     passed: bool
     rows: int
     failures: list[Failure]
+    warnings: list[Failure] = field(default_factory=list)
+    verdict: str = "accepted"  # accepted | accepted_with_warnings | rejected
+    # rows that do not go on, by 0-based position: bad rows dropped under drop_rows
+    # (with their reasons) and leaking rows (by kind)
+    dropped: dict[int, list[str]] = field(default_factory=dict)
+    leakage: dict[str, list[int]] = field(default_factory=dict)
+    file_rows: list[int] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        leaks = {kind: len(self.leakage.get(kind, [])) for kind in KINDS}
+        gone = set(self.dropped) | {p for rows in self.leakage.values() for p in rows}
+        return {"rows": self.rows, "dropped_bad_rows": len(self.dropped), "leakage": leaks,
+                "kept_rows": 0 if not self.passed else self.rows - len(gone)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "rows": self.rows,
-                "failures": [asdict(f) for f in self.failures]}
+        return {"passed": self.passed, "verdict": self.verdict, "rows": self.rows,
+                "failures": [asdict(f) for f in self.failures],
+                "warnings": [asdict(f) for f in self.warnings], "counts": self.counts()}
 
     def summary(self) -> str:
-        """One line per failure, for the CLI; a single line when the batch passed."""
-        if self.passed:
+        """One line per failure and warning, for the CLI; a single line when all is clean."""
+        if self.passed and not self.warnings:
             return f"validation passed ({self.rows} rows)"
         lines = []
-        for f in self.failures:
-            rows = f" (rows {', '.join(map(str, f.examples))})" if f.examples else ""
-            lines.append(f"FAIL {f.expectation}: {f.message}{rows}")
+        for mark, items in (("FAIL", self.failures), ("WARN", self.warnings)):
+            for f in items:
+                rows = f" (rows {', '.join(map(str, f.examples))})" if f.examples else ""
+                lines.append(f"{mark} {f.expectation}: {f.message}{rows}")
         return "\n".join(lines)
+
+    def kept(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of `frame` that go on: bad rows (drop_rows) and leaking rows removed."""
+        gone = set(self.dropped) | {p for rows in self.leakage.values() for p in rows}
+        df = frame.reset_index(drop=True)
+        return df.drop(index=sorted(gone)).reset_index(drop=True) if gone else df
 
 
 def validate_frame(
-    frame: pd.DataFrame | None, cfg: ValidateConfig, parse_error: str | None = None
+    frame: pd.DataFrame | None, cfg: ValidateConfig, parse_error: str | None = None, *,
+    labels: LabelsConfig | None = None, context: Context | None = None,
+    rows: list[int] | None = None, malformed: dict[int, str] | None = None,
 ) -> ValidationResult:
-    """Check a parsed batch against the suite built from `cfg`."""
+    """Check a parsed batch against the contract built from `cfg` and `labels`.
+
+    `context` brings production's labels, tokenizer and the exam (none: a first batch
+    with nothing to compare); `rows` the file row number of each row of `frame` (default
+    1, 2, ...); `malformed` the rows the parser could not read."""
     if parse_error is not None:
         failure = Failure("file_parses", None, 1, [], parse_error)
-        return ValidationResult(passed=False, rows=0, failures=[failure])
+        return ValidationResult(passed=False, rows=0, failures=[failure], verdict="rejected")
     if frame is None:
         raise ValueError("validate_frame needs a frame or a parse_error")
-    # Row numbers in examples are positions, whatever index the caller's frame has.
+    labels, context, malformed = labels or LabelsConfig(), context or Context(), malformed or {}
+    # Row numbers in examples are file rows, whatever index the caller's frame has.
     df = frame.reset_index(drop=True)
     for col in REQUIRED:
         if col in df.columns:
             # On a numeric dtype GX's type check only compares the dtype and names no
             # rows; as object it checks value by value (and int labels fail per row).
             df[col] = df[col].astype(object)
-    expectations = _build_expectations(df, cfg)
-    results = _run_suite(df, expectations)
-    order = {_key(e.expectation_type, getattr(e, "column", None)): i
-             for i, e in enumerate(expectations)}
-    failures = [_to_failure(r) for r in results if not r.success]
-    failures.sort(key=lambda f: order.get(_key(f.expectation, f.column), len(order)))
-    return ValidationResult(passed=not failures, rows=len(df), failures=failures)
+    checks = gx_checks(df, cfg)
+    leak = None
+    if all(col in df.columns for col in REQUIRED):
+        ok = usable_rows(df, malformed)
+        checks += row_checks(df, ok, cfg, labels, context, malformed)
+        bad = {p for c in checks if c.level == "row" and c.severity == "fail" for p in c.positions}
+        good = df[ok & ~df.index.isin(list(bad))]
+        dropping = cfg.on_bad_rows == "drop_rows"
+        checks += batch_checks(good, len(bad) if dropping else 0, cfg, labels, context)
+        leak = find_leakage(good, context)
+        checks += leak.checks()
+    elif malformed:
+        checks += row_checks(df.assign(text=None, label=None), pd.Series(False, index=df.index),
+                             cfg, labels, context, malformed)[:1]
+    return _result(df, checks, leak.found if leak else {}, cfg, rows or list(range(1, len(df) + 1)))
 
 
-def _key(expectation: str, column: str | None) -> tuple[str, str]:
-    return expectation, "" if column is None else str(column)
+def _result(df: pd.DataFrame, checks: list[Check], leakage: dict[str, list[int]], cfg: ValidateConfig,
+            rows: list[int]) -> ValidationResult:
+    """Sort checks into failures and warnings; under drop_rows row-level failures become
+    warnings and their rows are dropped."""
+    dropping = cfg.on_bad_rows == "drop_rows"
+    failures, warnings, dropped = [], [], {}
+    for check in checks:
+        failure = _failure(check, rows)
+        if check.severity == "warn":
+            warnings.append(failure)
+        elif check.level == "row" and dropping:
+            warnings.append(Failure(failure.expectation, failure.column, failure.count, failure.examples,
+                                    failure.message + " -> dropped (on_bad_rows: drop_rows)"))
+            for p in check.positions:
+                dropped.setdefault(p, []).append(f"{check.expectation}: {check.message}")
+        else:
+            failures.append(failure)
+    verdict = "rejected" if failures else "accepted_with_warnings" if warnings else "accepted"
+    return ValidationResult(passed=not failures, rows=len(df), failures=failures, warnings=warnings,
+                            verdict=verdict, dropped=dropped if not failures else {},
+                            leakage=leakage if not failures else {}, file_rows=list(rows))
 
 
-def _build_expectations(df: pd.DataFrame, cfg: ValidateConfig) -> list:
-    """The suite for this batch. Column checks on a missing column would raise inside
-    GX, so only the existence check is kept for it."""
-    import great_expectations.expectations as gxe
-
-    suite: list = [gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows)]
-    for col in REQUIRED:
-        suite.append(gxe.ExpectColumnToExist(column=col))
-        if col not in df.columns:
-            continue
-        suite += [
-            gxe.ExpectColumnValuesToNotBeNull(column=col),
-            gxe.ExpectColumnValuesToBeOfType(column=col, type_="str"),
-            gxe.ExpectColumnValuesToNotMatchRegex(column=col, regex=BLANK),
-        ]
-    if "text" in df.columns:
-        suite.append(gxe.ExpectColumnValueLengthsToBeBetween(
-            column="text", min_value=cfg.min_text_chars, max_value=cfg.max_text_chars))
-    if "id" in df.columns:
-        suite.append(gxe.ExpectColumnValuesToBeUnique(column="id"))
-    return suite
+def _failure(check: Check, rows: list[int]) -> Failure:
+    examples = [int(rows[p]) for p in sorted(check.positions)[:MAX_EXAMPLES]]
+    return Failure(check.expectation, check.column, check.count, examples, check.message)
 
 
-def _run_suite(df: pd.DataFrame, expectations: list) -> list:
-    """Run the expectations on `df` in a throwaway in-memory GX context."""
-    # Imported here: GX takes seconds to import, and most users of this module
-    # (the CLI's help, other stages' tests) never validate.
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
+def check_file(source: str, ws: Any, params: Any) -> tuple[str, ValidationResult]:
+    """Validate a file (local path or s3:// URI) against the workspace without touching
+    it: what `ratchet validate` shows a data team before they deliver. Returns the batch
+    id the file would get and the result."""
+    from tasks.context import load_context
+    from tasks.intake import batch_id_for, source_name
+    from tasks.parsing import parse_table
+    from tasks.storage import read_bytes
 
-    config = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        progress_bars=ProgressBarsConfig(globally=False),  # tqdm bars on stderr otherwise
-    )
-    context = gx.get_context(mode="ephemeral", project_config=config)
-    name = f"ratchet-{uuid.uuid4().hex[:12]}"
-    batch = (context.data_sources.add_pandas(name=name)
-             .add_dataframe_asset(name=name)
-             .add_batch_definition_whole_dataframe(name))
-    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=name, data=batch, suite=suite))
-    # SUMMARY with partial_unexpected_count bounds the size of the result on a bad
-    # batch, and for pandas still carries partial_unexpected_index_list (row indices).
-    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
-    outcome = definition.run(batch_parameters={"dataframe": df}, result_format=result_format)
-    return list(outcome.results)
-
-
-def _to_failure(r: Any) -> Failure:
-    """Turn one failed GX ExpectationValidationResult into a `Failure`."""
-    kind = r.expectation_config.type
-    kwargs = r.expectation_config.kwargs
-    column = kwargs.get("column")
-    error = _exception_message(r.exception_info)
-    if error is not None:
-        where = f" on column '{column}'" if column else ""
-        return Failure(kind, column, 1, [], f"could not run {kind}{where}: {error}")
-    result = r.result or {}
-    count = int(result.get("unexpected_count") or 1)
-    examples = sorted(int(i) for i in result.get("partial_unexpected_index_list") or [])
-    return Failure(kind, column, count, examples[:MAX_EXAMPLES], _message(kind, kwargs, result, count))
-
-
-def _exception_message(info: Any) -> str | None:
-    """GX reports an error either flat or keyed by metric id; return its message."""
-    if not isinstance(info, dict):
-        return None
-    if info.get("raised_exception"):
-        return str(info.get("exception_message") or "unknown error")
-    for value in info.values():
-        if isinstance(value, dict) and value.get("raised_exception", True) and (
-            value.get("exception_message") or value.get("exception_traceback")
-        ):
-            return str(value.get("exception_message") or "unknown error")
-    return None
-
-
-def _message(kind: str, kwargs: dict, result: dict, count: int) -> str:
-    """One human sentence for a failed expectation."""
-    col = kwargs.get("column")
-    values, are = ("value", "is") if count == 1 else ("values", "are")
-    if kind == "expect_column_to_exist":
-        return f"column '{col}' is missing"
-    if kind == "expect_table_row_count_to_be_between":
-        rows = result.get("observed_value")
-        return f"batch has {rows} rows, fewer than the {kwargs.get('min_value')} required (min_rows)"
-    if kind == "expect_column_values_to_not_be_null":
-        return f"column '{col}' has {count} null or missing {values}"
-    if kind == "expect_column_values_to_not_match_regex":
-        return f"column '{col}' has {count} empty or whitespace-only {values}"
-    if kind == "expect_column_value_lengths_to_be_between":
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        return f"column '{col}' has {count} {values} shorter than {low} or longer than {high} characters"
-    if kind == "expect_column_values_to_be_of_type":
-        sample = (result.get("partial_unexpected_list") or [None])[0]
-        shown = f" (e.g. {repr(sample)[:40]} of type {type(sample).__name__})" if sample is not None else ""
-        return f"column '{col}' has {count} {values} that {are} not strings{shown}; {col} must be text"
-    if kind == "expect_column_values_to_be_unique":
-        return f"column '{col}' has {count} rows sharing a duplicated value"
-    return f"{kind} failed on {count} row(s)" + (f" of column '{col}'" if col else "")
+    raw = read_bytes(source, endpoint_url=params.validate.s3_endpoint or None)
+    batch_id = batch_id_for(raw)
+    try:
+        table = parse_table(raw, source_name(source), params.validate.encoding)
+    except Exception as exc:  # the same verdict the flow gives an unparseable file
+        return batch_id, validate_frame(None, params.validate, f"{type(exc).__name__}: {exc}")
+    context = load_context(ws, params, batch_id)
+    return batch_id, validate_frame(table.frame, params.validate, labels=params.labels, context=context,
+                                    rows=table.rows, malformed=table.malformed)
 
 
 # --- Prefect edge ---------------------------------------------------------------------
-@task(name="validate")
+@task(name="validate", cache_policy=NO_CACHE)  # the context holds a tokenizer: nothing to hash
 def validate_task(
-    frame: pd.DataFrame | None, cfg: ValidateConfig, parse_error: str | None = None
+    frame: pd.DataFrame | None, cfg: ValidateConfig, parse_error: str | None = None, **options: Any
 ) -> ValidationResult:
-    return validate_frame(frame, cfg, parse_error)
+    return validate_frame(frame, cfg, parse_error, **options)
 
 
 def main() -> None:
-    """dvc stage `validate`: GX on build/intake, then the train/dev/test split."""
+    """dvc stage `validate`: the same checks on build/intake, then the train/dev/test
+    split of the rows that go on (the audited parent's lineage is the context)."""
     from tasks import pipeline
+    from tasks.context import load_context
     from tasks.intake import split_batch
 
     p = pipeline.params()
     info = pipeline.read_json(pipeline.BUILD / "intake" / "batch.json")
     frame = None if info["parse_error"] else pd.read_pickle(pipeline.BUILD / "intake" / "frame.pkl")
-    result = validate_frame(frame, p.validate, info["parse_error"])
+    context = load_context(pipeline.workspace(), p, info["batch_id"], parent=pipeline.parent(p))
+    malformed = {int(k): v for k, v in (info.get("malformed") or {}).items()}
+    result = validate_frame(frame, p.validate, info["parse_error"], labels=p.labels, context=context,
+                            rows=info.get("rows"), malformed=malformed)
     out = pipeline.stage_dir("validate")
     pipeline.write_json(out / "validation.json", result.to_dict())
     if not result.passed:
         raise SystemExit(f"validation failed:\n{result.summary()}")
-    split = split_batch(frame, info["batch_id"], p.intake.test_share)
+    split = split_batch(result.kept(frame), info["batch_id"], p.intake.test_share)
     for name in ("train", "dev", "test"):
         getattr(split, name).to_parquet(out / f"{name}.parquet", index=False)
 

@@ -174,7 +174,10 @@ def test_params_hash_distinct_over_many_single_changes():
             value = getattr(sub, f.name)
             if isinstance(value, str):
                 continue
-            bumped = value + 1 if isinstance(value, int) else value + 0.5
+            if isinstance(value, bool):  # a flag flips (True + 1 is not a bool)
+                bumped = not value
+            else:
+                bumped = value + 1 if isinstance(value, int) else value + 0.5
             params = params_from_dict({section.name: {f.name: bumped}})
             h = params_hash(params)
             assert h not in seen, f"{section.name}.{f.name}"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tasks.config import ModelConfig, TrainConfig, load_params
-from tasks.finetune import finetune, length_bucketed_batches, pick_device, train_candidate, training_rows
+from tasks.finetune import TrainSet, finetune, length_bucketed_batches, pick_device, train_candidate, training_rows
 from tasks.intake import split_batch
 from tasks.model import load_base, load_classifier
 from tasks.replay import ReplayBuffer
@@ -114,7 +114,7 @@ def test_finetune_lowers_loss_and_reports(toy):
     clf = load_base("tiny", ["weather", "music", "food"], seed=1)
     before = _loss(clf, rows)
     cfg = TrainConfig(**{**FAST.__dict__, "epochs": 20})
-    report = finetune(clf, rows, replay_rows=10, cfg=cfg, model_cfg=MODEL)
+    report = finetune(clf, TrainSet(rows, replay_rows=10), cfg=cfg, model_cfg=MODEL)
     after = _loss(clf, rows)
     assert after < before * 0.5, (before, after)
     steps = math.ceil(len(rows) / cfg.batch_size) * cfg.epochs
@@ -134,7 +134,7 @@ def test_finetune_bitwise_deterministic(toy):
     states, losses = [], []
     for _ in range(2):
         clf = load_base("tiny", ["weather", "music"], seed=3)
-        report = finetune(clf, rows, replay_rows=0, cfg=FAST, model_cfg=MODEL)
+        report = finetune(clf, TrainSet(rows), cfg=FAST, model_cfg=MODEL)
         states.append(clf.model.state_dict())
         losses.append(report.losses)
     assert losses[0] == losses[1]
@@ -148,7 +148,7 @@ def test_finetune_seed_matters(toy):
     weights = []
     for seed in (1, 2):
         clf = load_base("tiny", ["weather", "music"], seed=0)
-        finetune(clf, rows, replay_rows=0, cfg=TrainConfig(**{**FAST.__dict__, "seed": seed, "epochs": 2}),
+        finetune(clf, TrainSet(rows), cfg=TrainConfig(**{**FAST.__dict__, "seed": seed, "epochs": 2}),
                  model_cfg=MODEL)
         weights.append(clf.model.classifier.weight.detach().clone())
     assert not torch.equal(*weights)
@@ -218,3 +218,75 @@ def test_train_candidate_deterministic(toy, workspace, tmp_path):
         assert torch.equal(x, y), name
     pd.testing.assert_frame_equal(ReplayBuffer.load(tmp_path / "a").rows, ReplayBuffer.load(tmp_path / "b").rows)
     assert (tmp_path / "a" / "replay.json").read_text() == (tmp_path / "b" / "replay.json").read_text()
+
+
+# --- early stopping, max_steps, dev carve, frozen layers --------------------------------
+
+def test_max_steps_caps_training(toy):
+    rows = toy(["weather", "music"], per_label=16)
+    clf = load_base("tiny", ["weather", "music"], seed=0)
+    report = finetune(clf, TrainSet(rows), cfg=TrainConfig(**{**FAST.__dict__, "max_steps": 5}), model_cfg=MODEL)
+    assert report.steps == len(report.losses) == 5
+    assert report.samples == report.new_samples <= 5 * FAST.batch_size
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch(toy):
+    """A dev set whose labels contradict the training rows only gets worse, so training
+    stops `patience` epochs after its best one, and reports that epoch's dev loss."""
+    rows = toy(["weather", "music"], per_label=16)
+    flipped = rows.assign(label=rows["label"].map({"weather": "music", "music": "weather"})).head(12)
+    cfg = TrainConfig(**{**FAST.__dict__, "epochs": 10, "early_stopping_patience": 2})
+    clf = load_base("tiny", ["weather", "music"], seed=0)
+    report = finetune(clf, TrainSet(rows, dev=flipped), cfg=cfg, model_cfg=MODEL)
+    assert report.stopped_early and report.epochs < 10
+    assert report.dev_loss == min(report.dev_losses)
+    # the weights kept are the best epoch's, not the last one's
+    assert _loss(clf, flipped) == pytest.approx(report.dev_loss, abs=1e-4)
+    assert report.dev_losses[-1] > report.dev_loss
+    # it ran the best epoch plus `patience` worse ones, then stopped
+    steps = math.ceil(len(rows) / cfg.batch_size)
+    best = report.dev_losses.index(min(report.dev_losses)) + 1
+    assert report.steps == steps * (best + cfg.early_stopping_patience)
+
+
+def test_dev_split_prefers_the_batch_dev_rows_else_carves_a_seeded_share():
+    from tasks.finetune import dev_split
+
+    train = pd.DataFrame({"text": [f"t{i}" for i in range(50)], "label": "x"})
+    dev = pd.DataFrame({"text": ["d"], "label": ["x"]})
+    assert dev_split(train, dev, share=0.1, patience=2, seed=0) == (train, dev)
+    assert dev_split(train, None, share=0.1, patience=0, seed=0)[1] is None  # early stopping off
+    kept, carved = dev_split(train, None, share=0.1, patience=2, seed=0)
+    assert len(carved) == 5 and len(kept) == 45
+    assert set(kept["text"]).isdisjoint(carved["text"]) and set(kept["text"]) | set(carved["text"]) == set(train["text"])
+    assert dev_split(train, None, share=0.1, patience=2, seed=0)[1].equals(carved)
+    assert not dev_split(train, None, share=0.1, patience=2, seed=1)[1].equals(carved)
+    assert dev_split(train.head(3), None, share=0.1, patience=2, seed=0)[1] is None  # too small to carve
+
+
+def test_freeze_layers_leaves_lower_layers_untouched(toy):
+    rows = toy(["weather", "music"], per_label=10)
+    clf = load_base("tiny", ["weather", "music"], seed=0)
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    finetune(clf, TrainSet(rows), cfg=TrainConfig(**{**FAST.__dict__, "epochs": 2, "freeze_layers": 1}),
+             model_cfg=MODEL)
+    after = clf.model.state_dict()
+    for name in before:
+        frozen = name.startswith("bert.embeddings") or name.startswith("bert.encoder.layer.0.")
+        assert torch.equal(before[name], after[name]) == frozen, name
+    with pytest.raises(ValueError, match="train.freeze_layers"):
+        finetune(load_base("tiny", ["a"], seed=0), TrainSet(rows.assign(label="a")),
+                 cfg=TrainConfig(**{**FAST.__dict__, "freeze_layers": 3}), model_cfg=MODEL)
+
+
+def test_train_report_json_fields(toy, workspace, tmp_path):
+    params = load_params(workspace / "params.yaml", {"train.epochs": 2, "replay.strategy": "class_balanced"})
+    rows = split_batch(toy(["weather", "music"], per_label=10), "b-x", 0.3).train
+    cand = train_candidate(champion_dir=None, train_rows=rows, out_dir=tmp_path / "c", params=params)
+    report = json.loads((tmp_path / "c" / "train_report.json").read_text())
+    for key in ("steps", "new_samples", "replay_samples", "seconds", "samples_per_s", "peak_memory_mb",
+                "final_loss", "device", "precision", "inputs_sha256"):
+        assert report[key] is not None, key
+    assert report["new_labels"] == cand.new_labels
+    assert report["samples"] == report["new_samples"] + report["replay_samples"]
+    assert ReplayBuffer.load(tmp_path / "c").strategy == "class_balanced"

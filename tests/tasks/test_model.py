@@ -167,11 +167,11 @@ def test_plain_transformers_pipeline_loads_saved_dir(toy, tmp_path):
     from transformers import pipeline
 
     from tasks.config import ModelConfig, TrainConfig
-    from tasks.finetune import finetune
+    from tasks.finetune import TrainSet, finetune
 
     clf = load_base("tiny", ["weather", "music"], seed=0)
     train = toy(["weather", "music"], per_label=20)
-    finetune(clf, train, replay_rows=0, model_cfg=ModelConfig(base="tiny", max_length=32),
+    finetune(clf, TrainSet(train), model_cfg=ModelConfig(base="tiny", max_length=32),
              cfg=TrainConfig(epochs=15, batch_size=16, lr=2e-3, warmup_ratio=0.0, seed=7, precision="fp32"))
     clf = grow_head(clf, ["food"], seed=0)
     save_classifier(clf, tmp_path / "model")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.replay import COLUMNS, ReplayBuffer, ReservoirBuffer, new_buffer
+from tasks.replay import COLUMNS, STRATEGIES, ReplayBuffer, ReservoirBuffer, derive_buffer, new_buffer
 
 
 def rows(start: int, n: int, *, batch: str = "b-0") -> pd.DataFrame:
@@ -205,3 +205,121 @@ def test_base_class_has_no_selection_rule():
     buffer = ReplayBuffer(capacity=5, seed=0)
     with pytest.raises(NotImplementedError):
         buffer.add(rows(0, 1))
+
+
+# --- every strategy -------------------------------------------------------------------
+
+def skewed_rows(start: int, n: int, rng: np.random.Generator, batch: str = "b") -> pd.DataFrame:
+    """Rows whose labels and slices are far from balanced (a few dominate)."""
+    idx = range(start, start + n)
+    return pd.DataFrame({
+        "text": [f"row {i}" for i in idx],
+        "label": [f"l{min(int(rng.geometric(0.3)), 9)}" for _ in idx],
+        "slice": [f"s{min(int(rng.geometric(0.5)), 4)}" for _ in idx],
+        "batch_id": batch,
+    })
+
+
+def balance_holds(buffer: ReplayBuffer, key: str) -> None:
+    """Each group is either kept whole (all its rows seen so far) or within one row of
+    the largest group."""
+    counts = buffer.rows[key].value_counts()
+    largest = counts.max() if len(counts) else 0
+    for group, seen in buffer.seen_by[key].items():
+        kept = int(counts.get(group, 0))
+        assert kept == seen or kept >= largest - 1, (group, kept, seen, dict(counts))
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("trial", range(4))
+def test_invariants_over_many_updates(strategy, trial):
+    rng = np.random.default_rng(1000 + trial)
+    capacity = int(rng.integers(0, 200))
+    buffer = new_buffer(strategy, capacity=capacity, seed=trial)
+    fed = 0
+    for update in range(int(rng.integers(5, 15))):
+        chunk = skewed_rows(fed, int(rng.integers(0, 150)), rng, batch=f"b{update}")
+        buffer.add(chunk)
+        fed += len(chunk)
+        assert len(buffer) == min(capacity, fed), "a buffer with room drops nothing; never above capacity"
+        assert buffer.seen == fed == sum(buffer.seen_by["label"].values())
+        kept = positions(buffer)
+        assert len(set(kept)) == len(kept) and ((kept >= 0) & (kept < fed)).all()
+        if strategy == "class_balanced":
+            balance_holds(buffer, "label")
+        if strategy == "slice_balanced":
+            balance_holds(buffer, "slice")
+
+
+@pytest.mark.parametrize("strategy,key", [("class_balanced", "label"), ("slice_balanced", "slice")])
+def test_balanced_strategies_equalise_groups_the_stream_skews(strategy, key):
+    """With plenty of every group, the groups' shares differ by at most one row, while
+    a reservoir mirrors the stream's skew."""
+    rng = np.random.default_rng(5)
+    stream_rows = skewed_rows(0, 6000, rng)
+    counts = stream_rows[key].value_counts()
+    plenty = counts[counts >= 60].index
+    stream_rows = stream_rows[stream_rows[key].isin(plenty)]
+    balanced = new_buffer(strategy, capacity=120, seed=0)
+    reservoir = new_buffer("reservoir", capacity=120, seed=0)
+    for start in range(0, len(stream_rows), 500):
+        balanced.add(stream_rows.iloc[start:start + 500])
+        reservoir.add(stream_rows.iloc[start:start + 500])
+    kept = balanced.rows[key].value_counts()
+    assert set(kept.index) == set(plenty)
+    assert kept.max() - kept.min() <= 1, dict(kept)
+    assert reservoir.rows[key].value_counts().max() - reservoir.rows[key].value_counts().min() > 10
+
+
+def test_class_balanced_keeps_a_rare_class_whole():
+    buffer = new_buffer("class_balanced", capacity=50, seed=0)
+    common = rows(0, 400).assign(label="common")
+    rare = rows(400, 7).assign(label="rare")
+    buffer.add(pd.concat([common.iloc[:200], rare, common.iloc[200:]]))
+    assert (buffer.rows["label"] == "rare").sum() == 7
+    assert len(buffer) == 50
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_save_load_round_trip_every_strategy(strategy, tmp_path):
+    rng = np.random.default_rng(8)
+    buffer = new_buffer(strategy, capacity=60, seed=4)
+    for i in range(5):
+        buffer.add(skewed_rows(i * 100, 100, rng))
+    buffer.save(tmp_path)
+    loaded = ReplayBuffer.load(tmp_path)
+    assert type(loaded) is type(buffer) and loaded.manifest() == buffer.manifest()
+    pd.testing.assert_frame_equal(loaded.rows, buffer.rows)
+    more = skewed_rows(500, 300, rng)
+    loaded.add(more)
+    buffer.add(more)
+    pd.testing.assert_frame_equal(loaded.rows, buffer.rows)
+    pd.testing.assert_frame_equal(loaded.sample(20), buffer.sample(20))
+
+
+def test_same_seed_same_buffer_every_strategy():
+    for strategy in STRATEGIES:
+        a, b = (new_buffer(strategy, capacity=40, seed=2) for _ in range(2))
+        for buffer in (a, b):
+            stream(buffer, 1500, np.random.default_rng(0), max_chunk=300)
+        pd.testing.assert_frame_equal(a.rows, b.rows)
+
+
+def test_derive_buffer_keeps_the_parent_when_params_match():
+    parent = new_buffer("reservoir", capacity=30, seed=0)
+    parent.add(rows(0, 100))
+    assert derive_buffer(parent, "reservoir", capacity=30, seed=9) is parent
+    fresh = derive_buffer(None, "class_balanced", capacity=30, seed=9)
+    assert fresh.strategy == "class_balanced" and len(fresh) == 0
+
+
+@pytest.mark.parametrize("strategy,capacity", [("class_balanced", 30), ("reservoir", 10), ("slice_balanced", 80)])
+def test_derive_buffer_reselects_from_the_parent_when_params_change(strategy, capacity):
+    parent = new_buffer("reservoir", capacity=30, seed=0)
+    parent.add(rows(0, 100))
+    child = derive_buffer(parent, strategy, capacity=capacity, seed=1)
+    assert child.strategy == strategy and child.capacity == capacity
+    assert len(child) == min(capacity, len(parent))
+    assert set(child.rows["text"]) <= set(parent.rows["text"])
+    assert child.seen == parent.seen == 100 and child.seen_by == parent.seen_by
+    assert len(parent) == 30  # the parent's buffer is read, not changed

@@ -73,7 +73,7 @@ def test_null_empty_or_blank_text_fails_with_row_numbers(bad, expectation):
     assert not result.passed
     failure = only(result, expectation, "text")
     assert failure.count == 2
-    assert failure.examples == [1, 4]
+    assert failure.examples == [2, 5]  # 1-based rows
 
 
 def test_examples_are_capped_at_five():
@@ -81,14 +81,14 @@ def test_examples_are_capped_at_five():
     frame.loc[:, "text"] = None
     failure = only(validate_frame(frame, CFG), "expect_column_values_to_not_be_null", "text")
     assert failure.count == 12
-    assert failure.examples == [0, 1, 2, 3, 4]
+    assert failure.examples == [1, 2, 3, 4, 5]
 
 
 def test_blank_label_fails():
     frame = good_frame()
     frame.loc[2, "label"] = " "
     failure = only(validate_frame(frame, CFG), "expect_column_values_to_not_match_regex", "label")
-    assert failure.examples == [2]
+    assert failure.examples == [3]
 
 
 def test_too_long_text_fails():
@@ -96,7 +96,7 @@ def test_too_long_text_fails():
     frame.loc[3, "text"] = "x" * 51
     result = validate_frame(frame, CFG)
     failure = only(result, "expect_column_value_lengths_to_be_between", "text")
-    assert failure.count == 1 and failure.examples == [3]
+    assert failure.count == 1 and failure.examples == [4]
     assert "50" in failure.message
 
 
@@ -104,7 +104,7 @@ def test_duplicate_ids_fail():
     result = validate_frame(good_frame(id=[1, 2, 3, 3, 4, 1]), CFG)
     failure = only(result, "expect_column_values_to_be_unique", "id")
     assert failure.count == 4
-    assert failure.examples == [0, 2, 3, 5]
+    assert failure.examples == [1, 3, 4, 6]
 
 
 def test_no_id_column_is_fine():
@@ -118,7 +118,7 @@ def test_numeric_labels_fail_per_row(labels):
     assert not result.passed
     failure = only(result, "expect_column_values_to_be_of_type", "label")
     assert failure.count == sum(pd.notna(labels))
-    assert failure.examples[:2] == [0, 1]
+    assert failure.examples[:2] == [1, 2]
     assert "not strings" in failure.message
     assert "int" in failure.message or "float" in failure.message
 
@@ -126,7 +126,7 @@ def test_numeric_labels_fail_per_row(labels):
 def test_mixed_labels_name_only_the_bad_rows():
     frame = good_frame(label=["pos", 1, "neg", True, "pos", "neg"])
     failure = only(validate_frame(frame, CFG), "expect_column_values_to_be_of_type", "label")
-    assert failure.examples == [1, 3]
+    assert failure.examples == [2, 4]
 
 
 def test_pandas_string_dtype_passes():
