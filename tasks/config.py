@@ -80,8 +80,10 @@ class DriftConfig:
 
 @dataclass(frozen=True)
 class RetrainConfig:
-    # always | drift | quality_drop | drift_or_quality (see tasks/policy.py)
-    when: str = "drift_or_quality"
+    # always | drift | quality_drop | drift_or_quality (see tasks/policy.py). Without a
+    # `retrain` section a workspace retrains every accepted batch, as before the policy
+    # existed; the shipped params.yaml opts into drift_or_quality.
+    when: str = "always"
     min_rows: int = 0
     min_interval_hours: float = 0.0
 

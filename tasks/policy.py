@@ -5,7 +5,8 @@ policy reads the `DriftResult` and `params.yaml`'s `retrain` section:
 
 - `when: always` retrains on every accepted batch; `drift` when the data moved;
   `quality_drop` when the champion's accuracy on the batch fell; `drift_or_quality`
-  (the default) on either. `--force` overrides everything.
+  (the shipped params.yaml) on either. Without a `retrain` section: `always`, as
+  before the policy existed. `--force` overrides everything.
 - Before the first promotion there is nothing to serve, so the first batch always trains.
 - `min_rows`: skip until at least this many training rows (this batch plus the pending
   ones) are waiting; `min_interval_hours`: skip when production is younger than this,
