@@ -2,7 +2,8 @@
 
 `ratchet retrain --batch PATH` runs one batch and exits with the contract's code
 (0 promoted, 3 rejected, 4 quarantined, 5 skipped, 2 usage/config error, 1 unexpected).
-`ratchet demo` streams CLINC150 domains through the flow and prints what production
+`ratchet drift PATH` validates a batch and checks it for drift against production
+without training. `ratchet demo` streams CLINC150 domains through the flow and prints what production
 knows after each one. `ratchet models ...` reads and moves registry aliases;
 `ratchet rollback` and `ratchet status` are the two an operator reaches for first.
 """
@@ -62,7 +63,7 @@ def _overrides(pairs: list[str]) -> dict:
 @app.command()
 def retrain(batch: str = typer.Option(..., "--batch", help="Batch file: CSV, JSONL or Parquet; a path or s3://bucket/key."),
             workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
-            force: bool = typer.Option(False, help="Train even on a batch seen before."),
+            force: bool = typer.Option(False, help="Train even on a batch seen before, whatever the retrain policy says."),
             set_: list[str] = typer.Option([], "--set", help="Override a param, e.g. train.epochs=1.")) -> None:
     """Run one batch through validate, drift, finetune, evaluate, gate, promote."""
     _quiet_defaults()
@@ -85,12 +86,63 @@ def retrain(batch: str = typer.Option(..., "--batch", help="Batch file: CSV, JSO
     console.print(f"[{colour}]{outcome['status']}[/] batch {outcome['batch_id']} -> production {outcome['production']}")
     for reason in outcome["reasons"]:
         console.print(f"  - {escape(reason)}", highlight=False)  # reasons quote delivered text
+    if outcome["details"].get("drift"):
+        _print_drift(outcome["details"]["drift"])
     if outcome["details"].get("gate_table"):
         console.print(outcome["details"]["gate_table"])
     if (outcome["details"].get("mirror") or {}).get("error"):
         console.print(f"[yellow]S3 mirror not updated:[/] {outcome['details']['mirror']['error']}")
     console.print(f"  decision: reports/{outcome['run_id']}/decision.json")
     raise typer.Exit(outcome["exit_code"])
+
+
+@app.command()
+def drift(path: Path = typer.Argument(..., help="Batch file: CSV, JSONL or Parquet."),
+          workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
+          as_json: bool = typer.Option(False, "--json", help="The DriftResult as one JSON object on stdout."),
+          set_: list[str] = typer.Option([], "--set", help="Override a param, e.g. drift.max_embed_rows=200.")) -> None:
+    """Validate a batch and check it for drift against production; stores and trains nothing.
+    Exit 0 when checked (drifted or not: see `drifted`), 4 when validation fails, 2 on usage."""
+    _quiet_defaults()
+    import datetime as dt
+
+    from tasks.config import ConfigError, load_params
+    from tasks.drift import check_file
+    from tasks.intake import batch_id_for
+    from tasks.workspace import Workspace
+
+    if not path.exists():
+        console.print(f"[red]error:[/] no batch file at {path}")
+        raise typer.Exit(2)
+    ws = Workspace.at(workspace)
+    try:
+        params = load_params(ws.params_path, _overrides(set_))
+    except (ConfigError, typer.BadParameter) as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2)
+    run_id = f"drift-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{batch_id_for(path.read_bytes())}"
+    checked, result = check_file(path, ws, params, run_id)
+    if as_json:
+        typer.echo(json.dumps({"drifted": None if result is None else result.drifted, "validation": checked.to_dict(),
+                               **(result.to_dict() if result else {})}, indent=2, default=str))
+    elif result is None:
+        console.print(f"[red]quarantine-worthy:[/] {checked.summary()}")
+    else:
+        _print_drift(result.headline())
+    raise typer.Exit(0 if result is not None else 4)
+
+
+def _print_drift(head: dict) -> None:
+    from rich.markup import escape
+
+    colour = "yellow" if head["drifted"] or head["quality_dropped"] else "green"
+    verdict = "drifted" if head["drifted"] else "no drift"
+    if head["quality_dropped"]:
+        verdict += ", champion quality dropped"
+    console.print(f"[{colour}]{verdict}[/] signals: {escape(', '.join(head['signals']) or 'none')}"
+                  + (" (sampled)" if head["sampled"] else ""), highlight=False)
+    console.print(f"  {escape(head['reason'])}", highlight=False)  # the reason names delivered labels
+    console.print(f"  report: {head['json_path']}")
 
 
 @app.command()

@@ -24,6 +24,7 @@ from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import Params, load_params, params_hash
 from tasks.context import load_context
 from tasks.drift import drift_task
+from tasks.embed_drift import load_champion
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import gate_task
@@ -31,6 +32,7 @@ from tasks.intake import Intake, Split, batch_id_for, intake_task, is_known, loa
 from tasks.lock import promotion_lock
 from tasks.matrix import extend
 from tasks.notify import publish
+from tasks.policy import add_pending, clear_pending, decide, load_pending
 from tasks.quarantine import quarantine_batch, quarantine_rows
 from tasks.registry import Registry, RegistryError, promote_task
 from tasks.registry_s3 import Mirror, publish_task
@@ -140,13 +142,25 @@ def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
     return checked.kept(got.frame)
 
 
-def _drift_stage(run: Run, split: Split, lineage: list[str]) -> Outcome | None:
-    """Drift of the new batch against the data behind production (reported, not yet a policy)."""
+def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, force: bool = False,
+                 waiting: int = 0) -> Outcome | None:
+    """Drift of the new batch against the data behind production (and pending batches),
+    then the retrain policy: a batch it turns down is skipped (exit 5) but kept pending."""
     reference = load_train(lineage, run.ws)
+    meta = run.reg.metadata(run.champion) if run.champion else None
+    champion = load_champion(run.reg.path(run.champion) if run.champion else None, base=run.params.model.base,
+                             metadata=meta, seed=run.params.train.seed,
+                             max_length=run.params.model.max_length) if lineage else None  # nothing to compare yet
     drift = drift_task(pd.concat([split.train, split.test], ignore_index=True), reference,
-                       run.params.drift, run.ws.run_dir(run.run_id), run.params.train.seed)
-    run.details["drift"] = drift.to_dict()
-    return None
+                       run.params.drift, run.ws.run_dir(run.run_id), run.params.train.seed, champion)
+    run.details["drift"] = drift.headline()
+    policy = decide(drift, run.params.retrain, has_champion=run.champion is not None, force=force,
+                    waiting_rows=waiting + len(split.train), champion_created_at=(meta or {}).get("created_at"))
+    run.details["policy"] = policy.to_dict()
+    if policy.retrain:
+        return None
+    run.details["pending"] = add_pending(run.ws.data_dir, batch_id)
+    return run.outcome("skipped", batch_id, [policy.reason, drift.reason])
 
 
 def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
@@ -220,20 +234,28 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
 
     split = split_task(checked, got.batch_id, run.params.intake.test_share, ws)
     lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
-    settled = _drift_stage(run, split, lineage)
+    # batches the policy skipped earlier join the reference, the training rows and the lineage
+    pending = [b for b in load_pending(ws.data_dir) if b not in lineage and b != got.batch_id]
+    waiting = load_train(pending, ws)
+    lineage = lineage + pending
+    settled = _drift_stage(run, split, lineage, got.batch_id, force, 0 if waiting is None else len(waiting))
     if settled:
         return _finish(settled, ws)
+    if waiting is not None:
+        split = Split(pd.concat([waiting, split.train], ignore_index=True), split.dev, split.test)
 
     ops = run.params.ops  # one run at a time trains from, judges against and moves production
     with promotion_lock(ws.models_dir, ops.promote_limit, ops.lock_timeout_seconds):
         lineage, settled = _claim_production(run, got.batch_id, force)
         if settled:
             return _finish(settled, ws)
+        lineage = lineage + [b for b in pending if b not in lineage]
         candidate, cand_sheets, decision = _train_and_judge(run, split, got.batch_id, lineage)
         try:
             if not decision.promote:
                 return _finish(run.outcome("rejected", got.batch_id, decision.reasons), ws)
             version = _promote_stage(run, candidate, cand_sheets, decision, got.batch_id, lineage)
+            clear_pending(ws.data_dir, [*lineage, got.batch_id])
             return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), ws)
         finally:
             shutil.rmtree(candidate.path, ignore_errors=True)

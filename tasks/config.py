@@ -70,6 +70,22 @@ class LabelsConfig:
 class DriftConfig:
     drift_share: float = 0.5
     max_reference_rows: int = 5000
+    max_current_rows: int = 10000
+    max_embed_rows: int = 400
+    embedding_method: str = "model"
+    embedding_threshold: float = 0.7
+    min_slice_rows: int = 50
+    max_quality_drop: float = 0.1
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    # always | drift | quality_drop | drift_or_quality (see tasks/policy.py). Without a
+    # `retrain` section a workspace retrains every accepted batch, as before the policy
+    # existed; the shipped params.yaml opts into drift_or_quality.
+    when: str = "always"
+    min_rows: int = 0
+    min_interval_hours: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,7 @@ class Params:
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -178,6 +195,8 @@ _CHOICES = {
     ("replay", "strategy"): {"reservoir", "class_balanced", "slice_balanced"},
     ("validate", "on_bad_rows"): {"reject_batch", "drop_rows"},
     ("labels", "kl_action"): {"warn", "fail"},
+    ("drift", "embedding_method"): {"model", "mmd", "distance"},
+    ("retrain", "when"): {"always", "drift", "quality_drop", "drift_or_quality"},
 }
 
 
