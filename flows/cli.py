@@ -173,7 +173,9 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
     except StorageError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2)
-    known = (ws.batch_dir(batch_id) / "manifest.json").exists()
+    from tasks.intake import is_decided
+
+    known = is_decided(batch_id, ws)
     if as_json:
         typer.echo(json.dumps({"batch_id": batch_id, "already_accepted": known, **result.to_dict()}, indent=2))
     else:

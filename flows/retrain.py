@@ -28,7 +28,8 @@ from tasks.embed_drift import load_champion
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import gate_task
-from tasks.intake import Intake, Split, batch_id_for, intake_task, is_known, load_train, split_task
+from tasks.intake import (Intake, Split, batch_id_for, intake_task, is_known, load_train, mark_decided,
+                          split_task)
 from tasks.lock import promotion_lock
 from tasks.matrix import extend
 from tasks.notify import publish
@@ -83,6 +84,8 @@ def _finish(outcome: Outcome, ws: Workspace) -> dict:
     run_dir = ws.run_dir(outcome.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "decision.json").write_text(json.dumps(outcome.to_dict(), indent=2, default=str))
+    if outcome.status != "quarantined":
+        mark_decided(outcome.batch_id, ws, outcome.status, outcome.run_id)
     get_run_logger().info("batch %s: %s (%s)", outcome.batch_id, outcome.status, "; ".join(outcome.reasons))
     publish(outcome.to_dict(), run_dir, _ops(ws).webhook_url)  # Prefect artifacts + webhook
     return outcome.to_dict()

@@ -162,10 +162,27 @@ def quarantine(result: Intake, report: dict, ws: Workspace) -> Path:
     return target
 
 
+DECIDED = "decided.json"
+
+
+def mark_decided(batch_id: str, ws: Workspace, status: str, run_id: str) -> None:
+    """Record that a run settled this accepted batch (promoted, rejected or held by the
+    policy). Until then the batch is not "known": a run killed mid-training is rerun by a
+    plain `ratchet retrain`, which resumes from its checkpoints."""
+    folder = ws.batch_dir(batch_id)
+    if folder.is_dir():
+        (folder / DECIDED).write_text(json.dumps({"status": status, "run_id": run_id}, indent=2))
+
+
+def is_decided(batch_id: str, ws: Workspace) -> bool:
+    return (ws.batch_dir(batch_id) / DECIDED).exists()
+
+
 def is_known(source: str | Path, ws: Workspace, endpoint_url: str | None = None) -> str | None:
-    """The batch id when these exact bytes (local path or s3:// URI) were already accepted, else None."""
+    """The batch id when these exact bytes (local path or s3:// URI) were already accepted
+    and decided, else None."""
     batch_id = batch_id_for(read_bytes(source, endpoint_url=endpoint_url))
-    return batch_id if (ws.batch_dir(batch_id) / "manifest.json").exists() else None
+    return batch_id if is_decided(batch_id, ws) else None
 
 
 # --- Prefect edge ------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tasks.intake import (
-    batch_id_for, intake, is_known, load_split, parse_bytes, quarantine, split_batch,
+    batch_id_for, intake, is_known, load_split, mark_decided, parse_bytes, quarantine, split_batch,
     store_split,
 )
 from tasks.workspace import Workspace
@@ -242,6 +242,8 @@ def test_store_split_writes_parts_and_exam(ws, toy, tmp_path):
     split = split_batch(result.frame, result.batch_id, 0.2)
     assert is_known(src, ws) is None
     store_split(split, result.batch_id, ws)
+    assert is_known(src, ws) is None  # stored but not yet decided: a killed run reruns
+    mark_decided(result.batch_id, ws, "promoted", "run-1")
     assert is_known(src, ws) == result.batch_id
 
     exam = pd.read_parquet(ws.exam_dir / f"{result.batch_id}.parquet")
@@ -260,6 +262,7 @@ def test_is_known_only_for_exact_bytes(ws, toy, tmp_path):
     frame.to_csv(src, index=False)
     result = intake(src, ws)
     store_split(split_batch(result.frame, result.batch_id, 0.2), result.batch_id, ws)
+    mark_decided(result.batch_id, ws, "rejected", "run-1")
     copy = _write(tmp_path / "elsewhere" / "renamed.csv", src.read_bytes())
     assert is_known(copy, ws) == result.batch_id
     changed = _write(tmp_path / "changed.csv", src.read_bytes() + b"extra row,weather,train\n")

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.intake import batch_id_for, intake, is_known, split_batch, store_split
+from tasks.intake import batch_id_for, intake, is_known, mark_decided, split_batch, store_split
 from tasks.workspace import Workspace
 from test_bad_inputs import GOOD, csv_bytes, production_ws, snapshot  # noqa: F401  (module fixture)
 
@@ -83,6 +83,7 @@ def test_is_known_reads_s3(ws, s3_bucket, tmp_path):
     assert got.batch_id == batch_id_for(raw) and got.raw_path.read_bytes() == raw
     assert is_known(uri, space) is None
     store_split(split_batch(got.frame, got.batch_id, 0.2), got.batch_id, space)
+    mark_decided(got.batch_id, space, "promoted", "run-1")
     assert is_known(uri, space) == got.batch_id
 
 
