@@ -1,6 +1,6 @@
 # Ratchet: two commands do all set-up on a fresh machine.
 #   make run    stream CLINC150 domains through the retrain flow with the real MiniLM (DOMAINS=10 for all)
-#   make test   the fast offline test tier (CI=true also runs the slow tier)
+#   make test   the fast offline test tier (make test-all adds the slow tier)
 #   make bench  continual-learning and overhead benchmarks, small scale (BENCH_SCALE=full for all data)
 # Both create .venv and install what they need the first time.
 
@@ -43,7 +43,6 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
-	@if [ "$$CI" = "true" ]; then $(MAKE) --no-print-directory test-slow; fi
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q

@@ -81,7 +81,7 @@ class DriftResult:
             scores["champion_accuracy"] = self.quality.accuracy
         return {"drifted": self.drifted, "quality_dropped": self.quality_dropped, "signals": self.signals,
                 "reason": self.reason, "new_labels": self.new_labels, "scores": scores,
-                "sampled": self.sampled, "json_path": self.json_path}
+                "sampled": self.sampled, "html_path": self.html_path, "json_path": self.json_path}
 
 
 def text_signals(frame: pd.DataFrame) -> pd.DataFrame:
