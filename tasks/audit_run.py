@@ -114,11 +114,9 @@ def _dvc_file(hash_value: str, path: str) -> str:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+    """DVC names cached files by MD5; streamed like integrity.sha256_file."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def materialise(repo_root: Path, dir_hash: str, out: Path, what: str) -> list[Difference]:

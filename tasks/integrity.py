@@ -18,11 +18,8 @@ WEIGHTS_FILE = "model.safetensors"
 
 def sha256_file(path: Path) -> str:
     """Streaming SHA-256, so multi-gigabyte weights never sit in memory at once."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _files(root: Path) -> list[str]:
