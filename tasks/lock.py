@@ -9,6 +9,13 @@ resolving the champion to moving the alias. It is two locks, taken in one order:
   runs on every machine that talks to the same Prefect server (work pools, Kubernetes);
 - an exclusive `flock` on `models/.promote.lock`, which serialises runs on one host even
   when each uses its own temporary Prefect server (two `ratchet retrain` from cron).
+
+The Prefect limit is taken only against a real server (PREFECT_API_URL set). Its slots
+are leases that the server's background services take back when a holder dies; the
+temporary server a plain `ratchet retrain` starts runs none of those services and keeps
+its database in ~/.prefect, so a run killed while holding the slot (the very case
+checkpoints and resume exist for) would block every later run. The kernel releases a
+flock when its process dies, whatever the cause.
 """
 
 from __future__ import annotations
@@ -69,15 +76,18 @@ def promotion_lock(models_dir: Path, limit_name: str, timeout_seconds: int) -> I
     """Hold the registry's promotion lock (`timeout_seconds` 0 = wait as long as it takes)."""
     from prefect.concurrency.sync import concurrency
 
+    from prefect.settings import PREFECT_API_URL
+
     timeout = float(timeout_seconds) if timeout_seconds else None
-    ensure_limit(limit_name)
     started = time.monotonic()
     with ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(limit_name, occupy=1, timeout_seconds=timeout, strict=True))
-        except TimeoutError as exc:
-            raise LockTimeout(f"lock: the Prefect concurrency limit '{limit_name}' stayed taken for "
-                              f"{timeout_seconds} s (ops.lock_timeout_seconds)") from exc
+        if PREFECT_API_URL.value():  # a real server: see the module docstring
+            ensure_limit(limit_name)
+            try:
+                stack.enter_context(concurrency(limit_name, occupy=1, timeout_seconds=timeout, strict=True))
+            except TimeoutError as exc:
+                raise LockTimeout(f"lock: the Prefect concurrency limit '{limit_name}' stayed taken for "
+                                  f"{timeout_seconds} s (ops.lock_timeout_seconds)") from exc
         left = None if timeout is None else max(timeout - (time.monotonic() - started), 1.0)
         stack.enter_context(file_lock(models_dir / ".promote.lock", left))
         yield
