@@ -80,22 +80,15 @@ class Run:
                        production=production, details=self.details)
 
 
-def _finish(outcome: Outcome, ws: Workspace) -> dict:
-    run_dir = ws.run_dir(outcome.run_id)
+def _finish(outcome: Outcome, run: Run) -> dict:
+    run_dir = run.ws.run_dir(outcome.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "decision.json").write_text(json.dumps(outcome.to_dict(), indent=2, default=str))
     if outcome.status != "quarantined":
-        mark_decided(outcome.batch_id, ws, outcome.status, outcome.run_id)
+        mark_decided(outcome.batch_id, run.ws, outcome.status, outcome.run_id)
     get_run_logger().info("batch %s: %s (%s)", outcome.batch_id, outcome.status, "; ".join(outcome.reasons))
-    publish(outcome.to_dict(), run_dir, _ops(ws).webhook_url)  # Prefect artifacts + webhook
+    publish(outcome.to_dict(), run_dir, run.params.ops.webhook_url)  # Prefect artifacts + webhook
     return outcome.to_dict()
-
-
-def _ops(ws: Workspace):
-    """This run's ops settings: params.yaml with the run's own overrides, as at its start."""
-    from prefect.runtime import flow_run
-
-    return load_params(ws.params_path, flow_run.parameters.get("overrides")).ops
 
 
 def _stamp() -> str:
@@ -227,13 +220,13 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     if known and not force:
         run.run_id = f"{_stamp()}-{known}"
         return _finish(run.outcome("skipped", known, [
-            f"batch {known} was already accepted; use --force to train on it again"]), ws)
+            f"batch {known} was already accepted; use --force to train on it again"]), run)
 
     got = intake_task(batch, ws, run.params.validate)
     run.run_id = f"{_stamp()}-{got.batch_id}"
     checked = _validate_stage(run, got)
     if isinstance(checked, Outcome):
-        return _finish(checked, ws)
+        return _finish(checked, run)
 
     split = split_task(checked, got.batch_id, run.params.intake.test_share, ws)
     lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
@@ -243,7 +236,7 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     lineage = lineage + pending
     settled = _drift_stage(run, split, lineage, got.batch_id, force, 0 if waiting is None else len(waiting))
     if settled:
-        return _finish(settled, ws)
+        return _finish(settled, run)
     if waiting is not None:
         split = Split(pd.concat([waiting, split.train], ignore_index=True), split.dev, split.test)
 
@@ -251,14 +244,14 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     with promotion_lock(ws.models_dir, ops.promote_limit, ops.lock_timeout_seconds):
         lineage, settled = _claim_production(run, got.batch_id, force)
         if settled:
-            return _finish(settled, ws)
+            return _finish(settled, run)
         lineage = lineage + [b for b in pending if b not in lineage]
         candidate, cand_sheets, decision = _train_and_judge(run, split, got.batch_id, lineage)
         try:
             if not decision.promote:
-                return _finish(run.outcome("rejected", got.batch_id, decision.reasons), ws)
+                return _finish(run.outcome("rejected", got.batch_id, decision.reasons), run)
             version = _promote_stage(run, candidate, cand_sheets, decision, got.batch_id, lineage)
             clear_pending(ws.data_dir, [*lineage, got.batch_id])
-            return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), ws)
+            return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), run)
         finally:
             shutil.rmtree(candidate.path, ignore_errors=True)
