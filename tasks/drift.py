@@ -293,7 +293,13 @@ def main() -> None:
     ws = pipeline.workspace()
     reference = load_train(pipeline.lineage(p), ws)
     current = pd.concat([parts["train"], parts["test"]], ignore_index=True)
-    detect_drift(current, reference, p.drift, pipeline.stage_dir("drift"), p.train.seed)
+    out = pipeline.stage_dir("drift")
+    result = detect_drift(current, reference, p.drift, out, p.train.seed)
+    head = result.headline()
+    pipeline.write_json(out / "metrics.json", {
+        "drifted": result.drifted, "quality_dropped": result.quality_dropped, "signals": len(result.signals),
+        "new_labels": len(result.new_labels), "reference_rows": result.reference_rows,
+        "current_rows": result.current_rows, "scores": {k: v for k, v in head["scores"].items() if v is not None}})
 
 
 if __name__ == "__main__":

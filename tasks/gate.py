@@ -186,6 +186,10 @@ def main() -> None:
     decision = decide(sheets["candidate"], champion, p.gate, p.train.seed)
     out = pipeline.stage_dir("gate")
     pipeline.write_json(out / "decision.json", {**decision.to_dict(), "table": decision.markdown()})
+    pipeline.write_json(out / "metrics.json", {
+        "promote": decision.promote, "checks": len(decision.checks),
+        "failed_checks": sum(not c.passed for c in decision.checks),
+        **{f"candidate.{c.name}": c.candidate for c in decision.checks}})
 
 
 if __name__ == "__main__":

@@ -218,7 +218,11 @@ def main() -> None:
         info.update(rows=table.rows, malformed=table.malformed)
     except Exception as exc:
         info["parse_error"] = f"{type(exc).__name__}: {exc}"
+        pd.DataFrame().to_pickle(out / "frame.pkl")  # a declared out; validate reports the parse error
     pipeline.write_json(out / "batch.json", info)
+    pipeline.write_json(out / "metrics.json", {"bytes": info["bytes"], "rows": info.get("rows", 0),
+                                               "malformed_rows": len(info.get("malformed") or {}),
+                                               "parsed": info["parse_error"] is None})
 
 
 if __name__ == "__main__":

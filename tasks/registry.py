@@ -315,7 +315,12 @@ def main() -> None:
             record |= {"status": "promoted", "version": register_and_promote(reg, candidate, meta)}
         else:
             record |= {"status": "registered", "version": reg.register(candidate, meta)}
-    pipeline.write_json(pipeline.stage_dir("promote") / "promotion.json", record)
+    out = pipeline.stage_dir("promote")
+    pipeline.write_json(out / "promotion.json", record)
+    pipeline.write_json(out / "metrics.json", {"gate_promote": record["gate_promote"],
+                                               "reproduced": record["status"] == "reproduced",
+                                               "registered": record["status"] in ("promoted", "registered"),
+                                               "promoted": record["status"] == "promoted"})
 
 
 if __name__ == "__main__":

@@ -199,6 +199,8 @@ def main() -> None:
                             rows=info.get("rows"), malformed=malformed)
     out = pipeline.stage_dir("validate")
     pipeline.write_json(out / "validation.json", result.to_dict())
+    pipeline.write_json(out / "metrics.json", {"passed": result.passed, "failures": len(result.failures),
+                                               "warnings": len(result.warnings), **result.counts()})
     if not result.passed:
         raise SystemExit(f"validation failed:\n{result.summary()}")
     split = split_batch(result.kept(frame), info["batch_id"], p.intake.test_share)

@@ -53,6 +53,14 @@ def test_dvc_repro_reproduces_the_first_promotion(repo, tmp_path, toy, prefect_s
     assert promotion == {**promotion, "status": "reproduced", "version": "v0001"}
     assert promotion["weights_sha256"] == meta["weights_sha256"]
 
+    # one metrics.json per stage, all read by `dvc metrics show`
+    shown = _run(["dvc", "metrics", "show", "--json"], ws)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    for stage in ("intake", "validate", "drift", "finetune", "evaluate", "gate", "promote"):
+        assert f"build/{stage}/metrics.json" in shown.stdout, stage
+    assert json.loads((ws / "build" / "gate" / "metrics.json").read_text())["promote"] is True
+    assert json.loads((ws / "build" / "promote" / "metrics.json").read_text())["reproduced"] is True
+
     second = _run(["dvc", "repro"], ws)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "up to date" in second.stdout

@@ -52,7 +52,9 @@ def test_single_batch_has_nothing_to_forget_and_bad_shapes_fail():
 def test_plan_resolves_strategies_through_params(workspace):
     p = plan(workspace / "params.yaml", {}, total_train=1000, sweep=[1, 5])
     names = [s.name for s in p.strategies]
-    assert names[:2] == ["naive", "replay"] and "joint" in names
+    assert names[:3] == ["naive", "replay", "replay+gate"] and "joint" in names
+    # only replay+gate enforces the gate; the others count its verdicts and advance
+    assert {s.name for s in p.strategies if s.gate == "enforce"} == {"replay+gate"}
     assert p.params["replay@1%"].replay.capacity == 10
     assert p.params["naive"].replay.ratio == 0.0
     # default strategy is reservoir: the 5% sweep point and the baseline are one setting
