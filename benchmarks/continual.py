@@ -36,10 +36,9 @@ SCALES: dict[str, dict[str, Any]] = {
     # about half an hour for everything on a quiet 2-core CPU: 30 train / 10 held-out rows per
     # CLINC150 intent (MiniLM reaches ~0.83 on a new domain in 2 epochs), fewer elsewhere
     "small": {"caps": {"clinc150": Caps(30, 10, 10), "banking77": Caps(20, None, 10), "fpb": Caps(60, None, 30)},
-              "overrides": {"train.epochs": 2}},
-    "full": {"caps": {}, "overrides": {}},
+              "overrides": {"train.epochs": 2}, "sweep": [1.0, 5.0, 10.0]},
+    "full": {"caps": {}, "overrides": {}, "sweep": [1.0, 2.0, 5.0, 10.0]},
 }
-SWEEP = [1.0, 2.0, 5.0, 10.0]
 SWEEP_STREAMS = {"clinc150"}
 
 
@@ -153,7 +152,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--stream", default="all", help="clinc150, banking77, fpb or all (default)")
     ap.add_argument("--scale", default="small", choices=sorted(SCALES))
     ap.add_argument("--strategies", default=None, help="comma-separated subset (default: all)")
-    ap.add_argument("--sweep", default=None, help="buffer sizes in %% of training rows (default 1,2,5,10 on clinc150)")
+    ap.add_argument("--sweep", default=None,
+                    help="buffer sizes in %% of training rows (default on clinc150: 1,5,10 small, 1,2,5,10 full)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override for every strategy, e.g. model.base=tiny")
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
             written.append(_write(doc, args.out / f"continual_{stream}_{args.scale}.json"))
             continue
         path = args.out / f"continual_{stream}_{args.scale}.json"
-        sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else (SWEEP if stream in SWEEP_STREAMS else [])
+        sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else (
+            scale["sweep"] if stream in SWEEP_STREAMS else [])
         with tempfile.TemporaryDirectory(prefix="ratchet-bench-") as work:
             doc = run_stream(stream, batches, scale=args.scale, params_path=args.params, overrides=overrides,
                              wanted=wanted, sweep=sweep, isolate=not args.no_isolate, workdir=Path(work),
