@@ -93,12 +93,13 @@ def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
     stages = task_seconds(state.state_details.flow_run_id)
 
     params = load_params(ws / "params.yaml", overrides)
-    train = split_batch(parse_bytes(second.read_bytes(), second.name), "bare", params.intake.test_share).train
+    split = split_batch(parse_bytes(second.read_bytes(), second.name), "bare", params.intake.test_share)
     champion = reg.path(before) if before else None  # what the flow trained from
-    started = time.perf_counter()
-    bare = train_candidate(champion_dir=champion, train_rows=train, out_dir=workdir / "bare", params=params)
+    started = time.perf_counter()  # the same rows as the flow's finetune stage: train, and dev for early stopping
+    bare = train_candidate(champion_dir=champion, train_rows=split.train, dev_rows=split.dev, out_dir=workdir / "bare",
+                           params=params)
     bare_s = time.perf_counter() - started
-    return summarize(wall, stages, bare_s, warmup_s, len(train), outcome["status"], bare.train.samples)
+    return summarize(wall, stages, bare_s, warmup_s, len(split.train), outcome["status"], bare.train.samples)
 
 
 def summarize(wall: float, stages: dict[str, float], bare_s: float, warmup_s: float, rows: int,
