@@ -119,11 +119,14 @@ def summarize(wall: float, stages: dict[str, float], bare_s: float, warmup_s: fl
 
 
 def synthetic_batch(rows: int, seed: int = 0) -> pd.DataFrame:
-    """`rows` CLINC150 and Banking77 utterances drawn with replacement, with a split column."""
+    """`rows` CLINC150 and Banking77 utterances drawn with replacement (about 20 per label)."""
     from benchmarks.streams import Caps, load_stream
 
     pool = pd.concat([b.train.assign(split="train") for n in ("clinc150", "banking77")
                       for b in load_stream(n, Caps())], ignore_index=True)[["text", "label", "slice"]]
+    # about 20 rows per label, so every new label passes labels.min_examples_new as in a real delivery
+    labels = sorted(pool["label"].unique())[: max(1, rows // 20)]
+    pool = pool[pool["label"].isin(labels)]
     frame = pool.sample(n=rows, replace=True, random_state=seed).reset_index(drop=True)
     return frame.assign(text=frame["text"] + " #" + frame.index.astype(str))  # distinct rows, as in a real batch
 
