@@ -166,6 +166,41 @@ def list_objects(prefix_uri: str, *, endpoint_url: str | None = None) -> list[S3
     return sorted(found, key=lambda o: (o.last_modified, o.uri))
 
 
+def size_of(uri: str | Path, *, endpoint_url: str | None = None) -> int:
+    """Bytes at a local path (stat) or an s3:// URI (HEAD, the Content-Length): nothing is read."""
+    if not is_s3(uri):
+        try:
+            return Path(uri).stat().st_size
+        except OSError as exc:
+            raise StorageError(f"cannot stat {uri}: {exc.strerror}") from exc
+    found = head(str(uri), endpoint_url=endpoint_url)
+    if found is None:
+        raise StorageError(f"cannot read {uri}: NoSuchKey")
+    return found.size
+
+
+def sha256_of(uri: str | Path, *, endpoint_url: str | None = None) -> str:
+    """SHA-256 of a local file or an s3:// object, streamed in chunks (constant memory)."""
+    import hashlib
+
+    if not is_s3(uri):
+        with open(uri, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(str(uri))
+    digest = hashlib.sha256()
+    try:
+        body = s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"]
+        for chunk in body.iter_chunks(1024 * 1024):
+            digest.update(chunk)
+    except ClientError as exc:
+        raise StorageError(f"cannot read {uri}: {_error_code(exc) or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+    return digest.hexdigest()
+
+
 def download_file(uri: str, path: Path, *, endpoint_url: str | None = None) -> None:
     """Download one s3:// object to a local file (multipart ranges above the threshold),
     without holding it in memory."""
