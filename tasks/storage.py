@@ -19,6 +19,15 @@ from pathlib import Path
 
 S3_PREFIX = "s3://"
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
+# Every S3 call is retried by botocore's "standard" mode: connection errors, timeouts,
+# throttling and 5xx, up to S3_ATTEMPTS attempts with truncated exponential backoff and
+# full jitter (rand(0, 1) * 2**attempt seconds, at most 20 s), so an endpoint that is away
+# for a few seconds costs a pause, not a failed run. Past that, the call raises
+# StorageError naming the URI and the cause. A black-holed endpoint fails the connect
+# after S3_CONNECT_TIMEOUT seconds per attempt instead of botocore's 60.
+S3_ATTEMPTS = 5
+S3_CONNECT_TIMEOUT = 10
+S3_READ_TIMEOUT = 60
 
 
 class StorageError(RuntimeError):
@@ -71,7 +80,8 @@ def _cached_client(endpoint_url: str | None, _settings: tuple):
 
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
-                        config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+                        config=Config(retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+                                      connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT))
 
 
 def _error_code(exc: Exception) -> str:

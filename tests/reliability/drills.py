@@ -77,3 +77,39 @@ def registry_is_consistent(models: Path) -> str:
     for version in reg.versions():
         assert (reg.path(version) / "metadata.json").exists() and reg.verify(version) == [], version
     return production
+
+
+class Endpoint:
+    """A moto S3 server on 127.0.0.1 that a drill can take down (its socket closed:
+    clients get "connection refused", as from a crashed MinIO) and bring back on the same
+    port. moto keeps its state in this process, so objects survive the restart."""
+
+    def __init__(self) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()  # stops serving; closing the socket makes it refuse connections
+        self.server._server.server_close()
+
+    def restart_after(self, seconds: float):
+        import threading
+
+        timer = threading.Timer(seconds, self.start)
+        timer.start()
+        return timer
