@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# generous: on a 2-core box shared with other jobs a child takes minutes just to import
+CHILD_TIMEOUT = 1200
 HERE = Path(__file__).resolve().parent
 
 
@@ -113,3 +115,20 @@ class Endpoint:
         timer = threading.Timer(seconds, self.start)
         timer.start()
         return timer
+
+
+class Reaped:
+    """`with Reaped(children):` SIGKILLs and reaps any child still running when the block
+    ends (a failed assertion must not leave a `ratchet` running behind the test session)."""
+
+    def __init__(self, *children: subprocess.Popen) -> None:
+        self.children = children
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.kill()
+            child.wait()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import pytest
 
-from drills import child_env, make_production, ratchet, registry_is_consistent
+from drills import CHILD_TIMEOUT, Reaped, child_env, make_production, ratchet, registry_is_consistent
 
 pytestmark = pytest.mark.reliability
 
@@ -36,7 +36,8 @@ def test_four_runs_at_once_all_complete_and_no_promotion_is_lost(tmp_path, prefe
     env = child_env(prefect_api_url)
     children = {bid: ratchet(["retrain", "--batch", str(path), "--workspace", str(ws)], env)
                 for bid, path in batches.items()}
-    logs = {bid: child.communicate(timeout=480)[0].decode() for bid, child in children.items()}
+    with Reaped(*children.values()):
+        logs = {bid: child.communicate(timeout=CHILD_TIMEOUT)[0].decode() for bid, child in children.items()}
     codes = {bid: child.returncode for bid, child in children.items()}
     assert set(codes.values()) <= {0, 3}, {bid: logs[bid][-2000:] for bid, c in codes.items() if c not in (0, 3)}
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from drills import child_env, make_production, ratchet, registry_is_consistent
+from drills import CHILD_TIMEOUT, Reaped, child_env, make_production, ratchet, registry_is_consistent
 from faults import POINTS
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_torch_thread")]
@@ -80,14 +80,15 @@ def test_sigkill_during_finetune_then_rerun_resumes_and_promotes_once(tmp_path, 
     before = snapshot(ws)
     child = ratchet(["retrain", "--batch", str(batch), "--workspace", str(ws)], child_env(prefect_api_url))
     scratch = ws / ".ratchet" / "candidates"
-    deadline = time.monotonic() + 240
-    while not list(scratch.glob("*.run/checkpoint.pt")):
-        assert child.poll() is None, child.stdout.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.6))  # a random step after the first checkpoint
-    child.send_signal(signal.SIGKILL)
-    assert child.wait(timeout=30) == -signal.SIGKILL
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    with Reaped(child):
+        while not list(scratch.glob("*.run/checkpoint.pt")):
+            assert child.poll() is None, child.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, f"no checkpoint within {CHILD_TIMEOUT} s"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.6))  # a random step after the first checkpoint
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
     log = child.stdout.read().decode()
 
     assert list(scratch.glob("*.run/checkpoint.pt")), log[-2000:]
@@ -114,9 +115,10 @@ def test_sigkill_inside_the_promotion_then_rerun_finishes_it(tmp_path, prefect_a
     children = {point: ratchet(["retrain", "--batch", str(batch), "--workspace", str(ws)],
                                child_env(prefect_api_url), fault=point)
                 for point, (ws, _, batch) in setups.items()}
-    for point, child in children.items():
-        log = child.communicate(timeout=300)[0].decode()
-        assert child.returncode == -signal.SIGKILL, (point, log[-3000:])
+    with Reaped(*children.values()):
+        for point, child in children.items():
+            log = child.communicate(timeout=CHILD_TIMEOUT)[0].decode()
+            assert child.returncode == -signal.SIGKILL, (point, log[-3000:])
 
     for point, (ws, first, batch) in setups.items():
         production = registry_is_consistent(ws / "models")
