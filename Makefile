@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run serve test test-all test-slow repro bench clean
+.PHONY: install run serve test test-all test-slow test-reliability repro bench clean
 
 install: $(STAMP)
 
@@ -53,6 +53,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
+
+test-reliability: $(STAMP)
+	$(BIN)/python -m pytest -m reliability -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

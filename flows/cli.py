@@ -70,6 +70,7 @@ def retrain(batch: str = typer.Option(..., "--batch", help="Batch file: CSV, JSO
     from rich.markup import escape
 
     from tasks.config import ConfigError
+    from tasks.registry import RegistryError
     from tasks.storage import is_s3
 
     if not is_s3(batch) and not Path(batch).exists():
@@ -82,6 +83,11 @@ def retrain(batch: str = typer.Option(..., "--batch", help="Batch file: CSV, JSO
     except (ConfigError, typer.BadParameter) as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2)
+    except RegistryError as exc:  # e.g. production failed its integrity check: nothing was trained
+        console.print(f"[red]registry error:[/] {escape(str(exc))}\n  see `ratchet status`; "
+                      "`ratchet rollback` or `ratchet models promote VERSION` moves production to an intact version",
+                      soft_wrap=True, highlight=False)
+        raise typer.Exit(1)
     colour = {"promoted": "green", "rejected": "yellow", "quarantined": "red", "skipped": "cyan"}[outcome["status"]]
     console.print(f"[{colour}]{outcome['status']}[/] batch {outcome['batch_id']} -> production {outcome['production']}")
     for reason in outcome["reasons"]:

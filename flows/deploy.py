@@ -120,7 +120,8 @@ def serve_all(workspace: str | Path = ".", limit: int | None = None) -> None:
     from prefect import serve
 
     ops = load_params(Workspace.at(workspace).params_path).ops
-    ensure_limit(ops.promote_limit)  # an absent limit would not serialise anything
+    if ops.promote_limit:
+        ensure_limit(ops.promote_limit)  # an absent limit would not serialise anything
     serve(*deployments(workspace), limit=limit)
 
 

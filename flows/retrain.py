@@ -28,7 +28,7 @@ from tasks.embed_drift import load_champion
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import gate_task
-from tasks.intake import (Intake, Split, batch_id_for, intake_task, is_known, load_train, mark_decided,
+from tasks.intake import (Intake, Split, batch_id_of, intake_task, is_known, load_train, mark_decided,
                           split_task)
 from tasks.lock import promotion_lock
 from tasks.matrix import extend
@@ -38,7 +38,7 @@ from tasks.quarantine import quarantine_batch, quarantine_rows
 from tasks.registry import Registry, RegistryError, promote_task
 from tasks.registry_s3 import Mirror, publish_task
 from tasks.storage import StorageError
-from tasks.validate import validate_task
+from tasks.validate import too_large, validate_task
 from tasks.workspace import Workspace
 
 EXIT = {"promoted": 0, "rejected": 3, "quarantined": 4, "skipped": 5}
@@ -100,7 +100,7 @@ def _run_name() -> str:
 
     batch = Path(str(flow_run.parameters.get("batch", "batch")))
     try:  # the batch id is the content hash: the same one intake will give it
-        return f"retrain-{batch.stem}-{batch_id_for(batch.read_bytes())}"
+        return f"retrain-{batch.stem}-{batch_id_of(batch)}"  # streamed: the file may be huge
     except OSError:
         return f"retrain-{batch.stem}"
 
@@ -116,7 +116,8 @@ def _claim_production(run: Run, batch_id: str, force: bool) -> tuple[list[str], 
     lineage = run.reg.metadata(current)["batch_ids"] if current else []
     if batch_id in lineage and not force:
         return lineage, run.outcome("skipped", batch_id, [
-            f"batch {batch_id} was promoted into {current} by a concurrent run while this one waited"])
+            f"batch {batch_id} is already in production {current}: promoted by a concurrent run while this one "
+            "waited, or by an earlier run of it killed before it recorded its decision"])
     return lineage, None
 
 
@@ -126,6 +127,11 @@ def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
     in the quarantine with their reasons) and rows that would leak into or out of the
     exam removed; the counts are in the decision's details.validation.counts."""
     params = run.params
+    if got.too_large:  # refused from its size; nothing was read
+        checked = too_large(got.too_large)
+        run.details["validation"] = checked.to_dict()
+        run.details["quarantine"] = str(quarantine_batch(got, checked, run.source, run.ws))
+        return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
     context = load_context(run.ws, params, got.batch_id) if got.frame is not None else None
     checked = validate_task(got.frame, params.validate, got.parse_error, labels=params.labels,
                             context=context, rows=got.rows, malformed=got.malformed)
@@ -178,6 +184,9 @@ def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
         "train": candidate.train.to_dict() | {"losses": None}, "new_labels": candidate.new_labels,
         "gate": decision.to_dict(), "gate_table": decision.markdown(),
         "candidate_scores": cand_sheets["all"], "champion_scores": champ_sheets["all"],
+        # texts over model.max_length tokens are cut to it, in training and in the exam
+        "truncated_texts": {"max_length": params.model.max_length, "train": candidate.train.truncated_texts,
+                            "exam": cand_sheets["truncated_texts"]},
     })
     return candidate, cand_sheets, decision
 
@@ -213,8 +222,14 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     """Run one batch through Ratchet; returns the decision (also in reports/<run>/decision.json)."""
     ws = Workspace.at(workspace)
     reg = Registry(ws.models_dir)
-    run = Run(ws=ws, params=load_params(ws.params_path, overrides), reg=reg,
-              champion=reg.resolve("production"), source=str(batch))
+    params = load_params(ws.params_path, overrides)
+    recovered = reg.recover()  # what a run killed mid-move left half done
+    run = Run(ws=ws, params=params, reg=reg, champion=reg.resolve("production"), source=str(batch))
+    if recovered:
+        run.details["recovered"] = recovered
+        get_run_logger().warning("registry recovered: %s", "; ".join(recovered))
+    if run.champion:  # a damaged production is never drifted against, trained from or judged by
+        reg.checked_path(run.champion)
 
     known = is_known(batch, ws, run.params.validate.s3_endpoint or None)
     if known and not force:
@@ -222,7 +237,7 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
         return _finish(run.outcome("skipped", known, [
             f"batch {known} was already accepted; use --force to train on it again"]), run)
 
-    got = intake_task(batch, ws, run.params.validate)
+    got = intake_task(batch, ws, run.params.validate, run.params.intake.max_bytes)
     run.run_id = f"{_stamp()}-{got.batch_id}"
     checked = _validate_stage(run, got)
     if isinstance(checked, Outcome):

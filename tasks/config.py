@@ -35,6 +35,9 @@ class ModelConfig:
 class IntakeConfig:
     # share of rows held out for the exam when a batch has no `split` column
     test_share: float = 0.2
+    # a delivered file over this many bytes is rejected (quarantined, exit 4) from its
+    # size alone (stat, or S3 HEAD): it is never parsed nor held in memory. 0 = no limit
+    max_bytes: int = 1_073_741_824
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,7 @@ class OpsConfig:
     # a JSON summary of every decision is POSTed here; "" = no webhook
     webhook_url: str = ""
     # the Prefect global concurrency limit (1 slot) that serialises promotions per registry
+    # ("" = none: the flock on models/.promote.lock alone, enough when one host writes)
     promote_limit: str = "ratchet-promote"
     lock_timeout_seconds: int = 3600
 

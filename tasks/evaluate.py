@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from tasks.model import Classifier
+from tasks.model import Classifier, count_truncated
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,8 @@ def sheet(exam: pd.DataFrame, pred: pd.Series) -> dict:
 def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *,
              batch_size: int, max_length: int) -> dict:
     """Sheets for the whole exam ("all"), the exam before this batch ("old", None when it
-    was empty) and this batch's held-out rows ("new"). `clf` None = no model yet."""
+    was empty) and this batch's held-out rows ("new"), and how many exam texts were longer
+    than `max_length` tokens and judged on their truncated start. `clf` None = no model yet."""
     exam = exam.reset_index(drop=True)
     if clf is None or exam.empty:
         pred = pd.Series([""] * len(exam), index=exam.index, dtype=str)
@@ -92,6 +93,7 @@ def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *,
         "all": sheet(exam, pred),
         "old": sheet(exam[~is_new], pred[~is_new]) if (~is_new).any() else None,
         "new": sheet(exam[is_new], pred[is_new]),
+        "truncated_texts": 0 if clf is None else count_truncated(clf.tokenizer, list(exam["text"]), max_length),
         # per-row outcomes in exam order: the gate pairs candidate and champion on them
         "rows": {"slice": exam["slice"].astype(str).tolist(), "is_new": is_new.tolist(),
                  "correct": (exam["label"].astype(str).values == pred.astype(str).values).astype(int).tolist()},

@@ -23,7 +23,7 @@ import pandas as pd
 
 from tasks.config import ValidateConfig
 from tasks.parsing import SUPPORTED, parse_table  # noqa: F401  (SUPPORTED: part of intake's API)
-from tasks.storage import read_bytes
+from tasks.storage import read_bytes, sha256_of, size_of
 from tasks.workspace import Workspace
 
 TRAIN_NAMES = {"train", "training"}
@@ -45,6 +45,15 @@ class Intake:
     parse_error: str | None = None
     rows: list[int] | None = None
     malformed: dict[int, str] = field(default_factory=dict)
+    too_large: str | None = None  # over intake.max_bytes: never read, nothing kept but the id
+
+
+def size_problem(size: int, max_bytes: int) -> str | None:
+    """Why a file of `size` bytes is refused under `intake.max_bytes` (0 = no limit), or None."""
+    if not max_bytes or size <= max_bytes:
+        return None
+    return (f"file is {size:,} bytes, over intake.max_bytes ({max_bytes:,}); it was not read. "
+            "Deliver it as smaller batches, or raise intake.max_bytes in params.yaml")
 
 
 @dataclass(frozen=True)
@@ -78,10 +87,25 @@ def raw_file_name(name: str, batch_id: str) -> str:
     return batch_id + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else ".bin")
 
 
-def intake(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None) -> Intake:
-    """Keep the raw bytes (local path or s3:// URI) under data/batches/<id>/raw/ and parse them."""
+def batch_id_of(source: str | Path, endpoint_url: str | None = None) -> str:
+    """The batch id of a local file or s3:// object, hashed in a streaming pass."""
+    return "b-" + sha256_of(source, endpoint_url=endpoint_url)[:12]
+
+
+def intake(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None, max_bytes: int = 0) -> Intake:
+    """Keep the raw bytes (local path or s3:// URI) under data/batches/<id>/raw/ and parse them.
+    A file over `max_bytes` (intake.max_bytes) is refused from its size (stat / S3 HEAD)
+    before anything reads it into memory: its id comes from a streaming hash, and neither
+    its bytes nor a table are kept (`too_large` says why)."""
     cfg = cfg or ValidateConfig()
-    raw = read_bytes(source, endpoint_url=cfg.s3_endpoint or None)
+    endpoint = cfg.s3_endpoint or None
+    too_large = size_problem(size_of(source, endpoint_url=endpoint), max_bytes)
+    if too_large:
+        batch_id = batch_id_of(source, endpoint)
+        ws.batch_dir(batch_id).mkdir(parents=True, exist_ok=True)  # what quarantine moves
+        return Intake(batch_id, ws.batch_dir(batch_id) / "raw" / raw_file_name(source_name(source), batch_id),
+                      None, too_large=too_large)
+    raw = read_bytes(source, endpoint_url=endpoint)
     batch_id = batch_id_for(raw)
     name = source_name(source)
     raw_dir = ws.batch_dir(batch_id) / "raw"
@@ -180,8 +204,8 @@ def is_decided(batch_id: str, ws: Workspace) -> bool:
 
 def is_known(source: str | Path, ws: Workspace, endpoint_url: str | None = None) -> str | None:
     """The batch id when these exact bytes (local path or s3:// URI) were already accepted
-    and decided, else None."""
-    batch_id = batch_id_for(read_bytes(source, endpoint_url=endpoint_url))
+    and decided, else None. Hashed in a streaming pass: nothing is held in memory."""
+    batch_id = batch_id_of(source, endpoint_url)
     return batch_id if is_decided(batch_id, ws) else None
 
 
@@ -190,8 +214,8 @@ from prefect import task  # noqa: E402
 
 
 @task(name="intake", retries=2, retry_delay_seconds=[1, 5])
-def intake_task(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None) -> Intake:
-    return intake(source, ws, cfg)
+def intake_task(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None, max_bytes: int = 0) -> Intake:
+    return intake(source, ws, cfg, max_bytes)
 
 
 @task(name="split")
@@ -209,6 +233,9 @@ def main() -> None:
     source = Path(p.audit.batch)
     if not source.exists():
         raise SystemExit(f"error: audit.batch: no batch file at {source} (run `make run` first, or set it)")
+    too_large = size_problem(source.stat().st_size, p.intake.max_bytes)
+    if too_large:
+        raise SystemExit(f"error: audit.batch: {too_large}")
     raw = source.read_bytes()
     out = pipeline.stage_dir("intake")
     info = {"batch_id": batch_id_for(raw), "source": str(source), "bytes": len(raw), "parse_error": None}

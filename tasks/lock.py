@@ -73,7 +73,8 @@ def ensure_limit(name: str, limit: int = 1) -> None:
 
 @contextmanager
 def promotion_lock(models_dir: Path, limit_name: str, timeout_seconds: int) -> Iterator[None]:
-    """Hold the registry's promotion lock (`timeout_seconds` 0 = wait as long as it takes)."""
+    """Hold the registry's promotion lock (`timeout_seconds` 0 = wait as long as it takes;
+    `limit_name` "" = the file lock only, for a registry only one host writes to)."""
     from prefect.concurrency.sync import concurrency
 
     from prefect.settings import PREFECT_API_URL
@@ -81,7 +82,7 @@ def promotion_lock(models_dir: Path, limit_name: str, timeout_seconds: int) -> I
     timeout = float(timeout_seconds) if timeout_seconds else None
     started = time.monotonic()
     with ExitStack() as stack:
-        if PREFECT_API_URL.value():  # a real server: see the module docstring
+        if limit_name and PREFECT_API_URL.value():  # a real server: see the module docstring
             ensure_limit(limit_name)
             try:
                 stack.enter_context(concurrency(limit_name, occupy=1, timeout_seconds=timeout, strict=True))

@@ -129,3 +129,12 @@ def save_classifier(clf: Classifier, path: str | Path) -> Path:
     clf.tokenizer.save_pretrained(path)
     (path / LABEL_MAP_FILE).write_text(json.dumps({"labels": clf.labels}, indent=2))
     return path
+
+
+def count_truncated(tokenizer, texts: list[str], max_length: int) -> int:
+    """How many texts have more than `max_length` tokens (special tokens included), i.e.
+    lose their tail when training and evaluation truncate them to the model's length."""
+    if not texts:
+        return 0
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    return sum(len(x) > max_length for x in ids)

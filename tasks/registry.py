@@ -226,6 +226,43 @@ class Registry:
                 handle.flush()
                 os.fsync(handle.fileno())
 
+    def recover(self) -> list[str]:
+        """Finish what a process killed inside an alias move left behind; returns what it
+        did. aliases.json is the truth: the `production` link is re-pointed at it (a kill
+        between the alias write and the link, with the history line the kill lost), and
+        temporary alias files that never replaced aliases.json are removed."""
+        if not self.root.exists():
+            return []
+        done = []
+        with self.lock():  # alias writes happen only under this lock: leftovers are dead
+            for leftover in self.root.glob(".aliases.json.*"):
+                leftover.unlink(missing_ok=True)
+                done.append(f"removed {leftover.name}, an alias write that never completed")
+            current = self.resolve("production")
+            link = self.root / "production"
+            target = os.readlink(link) if link.is_symlink() else None
+            if current and target != str(Path("versions") / current):
+                self._link_production(current)
+                before = Path(target).name if target else None
+                self._record({"production": before}, {"production": current},
+                             "recovered: the move was interrupted before the production link and history")
+                done.append(f"production link {before} -> {current}")
+        return done
+
+    def find_unpromoted(self, candidate_dir: Path, metadata: dict) -> str | None:
+        """A version that already holds this candidate's exact weights for the same batch
+        and parent but never became production: a run killed between registering and
+        moving the alias. Its rerun promotes that version instead of registering a twin."""
+        sha = weights_sha256(candidate_dir)
+        moved_to = {h["to"] for h in self.history() if h["alias"] == "production"} | {self.resolve("production")}
+        for version in reversed(self.versions()):
+            meta = self.metadata(version)
+            if (meta.get("weights_sha256") == sha and meta.get("batch_id") == metadata.get("batch_id")
+                    and meta.get("parent") == metadata.get("parent") and version not in moved_to
+                    and not self.verify(version)):
+                return version
+        return None
+
     def _link_production(self, version: str) -> None:
         link = self.root / "production"
         tmp = self.root / ".production.tmp"
@@ -264,7 +301,10 @@ def register_and_promote(registry: Registry, candidate_dir: Path, metadata: dict
     move production to it. A version that fails any of these is never pointed at."""
     from tasks.model import load_classifier
 
-    version = registry.register(Path(candidate_dir), metadata)
+    orphan = registry.find_unpromoted(Path(candidate_dir), metadata)
+    if orphan:
+        reason += f" (completing the promotion of {orphan}, interrupted after it was registered)"
+    version = orphan or registry.register(Path(candidate_dir), metadata)
     clf = load_classifier(registry.checked_path(version))
     probe = clf.tokenizer(["ratchet smoke test"], return_tensors="pt")
     if clf.model(**probe).logits.shape[-1] != len(clf.labels):

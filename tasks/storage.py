@@ -19,6 +19,15 @@ from pathlib import Path
 
 S3_PREFIX = "s3://"
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
+# Every S3 call is retried by botocore's "standard" mode: connection errors, timeouts,
+# throttling and 5xx, up to S3_ATTEMPTS attempts with truncated exponential backoff and
+# full jitter (rand(0, 1) * 2**attempt seconds, at most 20 s), so an endpoint that is away
+# for a few seconds costs a pause, not a failed run. Past that, the call raises
+# StorageError naming the URI and the cause. A black-holed endpoint fails the connect
+# after S3_CONNECT_TIMEOUT seconds per attempt instead of botocore's 60.
+S3_ATTEMPTS = 5
+S3_CONNECT_TIMEOUT = 10
+S3_READ_TIMEOUT = 60
 
 
 class StorageError(RuntimeError):
@@ -71,7 +80,8 @@ def _cached_client(endpoint_url: str | None, _settings: tuple):
 
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
-                        config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+                        config=Config(retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+                                      connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT))
 
 
 def _error_code(exc: Exception) -> str:
@@ -164,6 +174,41 @@ def list_objects(prefix_uri: str, *, endpoint_url: str | None = None) -> list[S3
     except BotoCoreError as exc:
         raise StorageError(f"cannot list {prefix_uri}: {exc}") from exc
     return sorted(found, key=lambda o: (o.last_modified, o.uri))
+
+
+def size_of(uri: str | Path, *, endpoint_url: str | None = None) -> int:
+    """Bytes at a local path (stat) or an s3:// URI (HEAD, the Content-Length): nothing is read."""
+    if not is_s3(uri):
+        try:
+            return Path(uri).stat().st_size
+        except OSError as exc:
+            raise StorageError(f"cannot stat {uri}: {exc.strerror}") from exc
+    found = head(str(uri), endpoint_url=endpoint_url)
+    if found is None:
+        raise StorageError(f"cannot read {uri}: NoSuchKey")
+    return found.size
+
+
+def sha256_of(uri: str | Path, *, endpoint_url: str | None = None) -> str:
+    """SHA-256 of a local file or an s3:// object, streamed in chunks (constant memory)."""
+    import hashlib
+
+    if not is_s3(uri):
+        with open(uri, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(str(uri))
+    digest = hashlib.sha256()
+    try:
+        body = s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)["Body"]
+        for chunk in body.iter_chunks(1024 * 1024):
+            digest.update(chunk)
+    except ClientError as exc:
+        raise StorageError(f"cannot read {uri}: {_error_code(exc) or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"cannot read {uri}: {exc}") from exc
+    return digest.hexdigest()
 
 
 def download_file(uri: str, path: Path, *, endpoint_url: str | None = None) -> None:

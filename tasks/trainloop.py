@@ -18,7 +18,7 @@ import math
 import resource
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -30,7 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 from tasks.checkpoint import load_checkpoint, save_checkpoint
 from tasks.config import ModelConfig, TrainConfig
 from tasks.distill import distill_loss
-from tasks.model import Classifier, freeze_lower_layers
+from tasks.model import Classifier, count_truncated, freeze_lower_layers
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class TrainReport:
     losses: list[float] = field(default_factory=list)
     dev_losses: list[float] = field(default_factory=list)
     inputs_sha256: str = ""
+    truncated_texts: int = 0            # training rows longer than model.max_length tokens, cut
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -286,7 +287,12 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
         if loop["step"] >= total:
             break
     bar.close()
-    return _finish(clf, data, loop, device, amp_dtype, resumed, key)
+    report = _finish(clf, data, loop, device, amp_dtype, resumed, key)
+    cut = count_truncated(clf.tokenizer, list(data.rows["text"]), model_cfg.max_length)
+    if cut:
+        log.info("%d of %d training texts are longer than model.max_length (%d tokens) and were truncated",
+                 cut, len(data.rows), model_cfg.max_length)
+    return replace(report, truncated_texts=cut)
 
 
 def _finish(clf, data: TrainSet, loop: dict, device, amp_dtype, resumed: int, key: str) -> TrainReport:

@@ -87,6 +87,12 @@ class ValidationResult:
         return df.drop(index=sorted(gone)).reset_index(drop=True) if gone else df
 
 
+def too_large(message: str) -> ValidationResult:
+    """The verdict on a file refused from its size (intake.max_bytes) before it was read."""
+    failure = Failure("file_size_at_most", None, 1, [], message)
+    return ValidationResult(passed=False, rows=0, failures=[failure], verdict="rejected")
+
+
 def validate_frame(
     frame: pd.DataFrame | None, cfg: ValidateConfig, parse_error: str | None = None, *,
     labels: LabelsConfig | None = None, context: Context | None = None,
@@ -160,11 +166,15 @@ def check_file(source: str, ws: Any, params: Any) -> tuple[str, ValidationResult
     it: what `ratchet validate` shows a data team before they deliver. Returns the batch
     id the file would get and the result."""
     from tasks.context import load_context
-    from tasks.intake import batch_id_for, source_name
+    from tasks.intake import batch_id_for, batch_id_of, size_problem, source_name
     from tasks.parsing import parse_table
-    from tasks.storage import read_bytes
+    from tasks.storage import read_bytes, size_of
 
-    raw = read_bytes(source, endpoint_url=params.validate.s3_endpoint or None)
+    endpoint = params.validate.s3_endpoint or None
+    problem = size_problem(size_of(source, endpoint_url=endpoint), params.intake.max_bytes)
+    if problem:
+        return batch_id_of(source, endpoint), too_large(problem)
+    raw = read_bytes(source, endpoint_url=endpoint)
     batch_id = batch_id_for(raw)
     try:
         table = parse_table(raw, source_name(source), params.validate.encoding)

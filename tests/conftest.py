@@ -74,6 +74,14 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server) -> str:
+    """The API URL of the session's Prefect server, for child processes to share it."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

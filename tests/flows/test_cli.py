@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -87,6 +88,7 @@ def test_models_promote_records_reason(tmp_path, monkeypatch):
         "production", "v0003", "v0001", "incident 42", "ops")
 
 
+@pytest.mark.reliability
 def test_models_promote_refuses_a_tampered_version(tmp_path):
     ws, reg = registry_with(tmp_path, 2)
     weights = reg.path("v0001") / "model.safetensors"
@@ -192,6 +194,7 @@ def test_push_and_pull_without_a_mirror_are_usage_errors(tmp_path):
         assert result.exit_code == 2 and "registry.mirror" in result.output
 
 
+@pytest.mark.reliability
 def test_a_failing_mirror_fails_the_promote_loudly(tmp_path, s3_server):
     ws, reg = registry_with(tmp_path, 2)
     with_mirror(ws, "no-such-bucket-anywhere")

@@ -56,6 +56,7 @@ def test_sweep_retrains_each_landed_batch_once_in_arrival_order(workspace, prefe
     assert sweep_landing(workspace=str(workspace)) == []
 
 
+@pytest.mark.reliability
 def test_file_lock_times_out_with_a_clear_message(tmp_path):
     with file_lock(tmp_path / ".promote.lock", None):
         with pytest.raises(LockTimeout, match="still held"):
@@ -63,6 +64,7 @@ def test_file_lock_times_out_with_a_clear_message(tmp_path):
                 pass
 
 
+@pytest.mark.reliability
 def test_promotion_lock_is_one_slot_across_runs(tmp_path, prefect_server):
     name = f"test-promote-{tmp_path.name}"[:60]
     held, release = threading.Event(), threading.Event()

@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tasks.lock import file_lock
+
+pytestmark = pytest.mark.reliability
 
 
 def test_a_killed_holder_does_not_keep_the_lock(tmp_path, repo):

@@ -125,6 +125,7 @@ def test_register_leaves_no_staging(tmp_path):
     assert sorted(p.name for p in reg.versions_dir.iterdir()) == ["v0001", "v0002", "v0003"]
 
 
+@pytest.mark.reliability
 def test_failed_register_leaves_no_staging(tmp_path):
     reg = Registry(tmp_path / "models")
     broken = tmp_path / "broken"
@@ -155,6 +156,7 @@ def test_set_alias_refuses_missing_version(tmp_path):
     assert (reg.root / "production").resolve() == reg.path("v0001").resolve()
 
 
+@pytest.mark.reliability
 def test_set_alias_refuses_half_written_version(tmp_path):
     """A directory without metadata.json (a crash mid-copy) is not a version to point at."""
     reg = Registry(tmp_path / "models")
@@ -205,6 +207,7 @@ def test_production_link_is_relative(tmp_path):
     check_invariants(moved)
 
 
+@pytest.mark.reliability
 def test_aliases_never_name_missing_version_under_random_operations(tmp_path):
     rng = np.random.default_rng(2024)
     reg = Registry(tmp_path / "models")
@@ -259,6 +262,7 @@ def test_register_and_promote_makes_loadable_production(tmp_path, model_dir):
     check_invariants(reg)
 
 
+@pytest.mark.reliability
 def test_register_and_promote_never_points_at_a_broken_version(tmp_path, model_dir):
     reg = Registry(tmp_path / "models")
     good = register_and_promote(reg, model_dir, {})
@@ -299,6 +303,7 @@ def test_register_records_every_file_hash(tmp_path):
     (lambda p: p.write_bytes(p.read_bytes()[:50]), "truncated: model.safetensors"),
     (lambda p: p.unlink(), "missing file: model.safetensors"),
 ])
+@pytest.mark.reliability
 def test_damaged_weights_are_refused_naming_the_file(tmp_path, damage, expected):
     reg = Registry(tmp_path / "models")
     for tag in "ab":
@@ -316,6 +321,7 @@ def test_damaged_weights_are_refused_naming_the_file(tmp_path, damage, expected)
     assert reg.verify("v0001") == []
 
 
+@pytest.mark.reliability
 def test_changed_or_added_other_files_are_problems_too(tmp_path):
     reg = Registry(tmp_path / "models")
     version = reg.register(fake_candidate(tmp_path, "a"), {})
@@ -342,6 +348,7 @@ def test_versions_without_a_manifest_check_only_the_weights_hash(tmp_path):
     assert reg.verify(version) == []  # nothing recorded, nothing to hold it to
 
 
+@pytest.mark.reliability
 def test_register_and_promote_refuses_a_copy_damaged_after_registration(tmp_path, model_dir, monkeypatch):
     reg = Registry(tmp_path / "models")
     good = register_and_promote(reg, model_dir, {})
@@ -447,6 +454,7 @@ def assert_no_move_lost(reg: Registry, versions: list[str]) -> None:
     check_invariants(reg)
 
 
+@pytest.mark.reliability
 def test_concurrent_promotions_in_threads_never_lose_one(tmp_path):
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -477,6 +485,7 @@ def _promote_each(root: str, candidates: list[str]) -> list[str]:
     return made
 
 
+@pytest.mark.reliability
 def test_concurrent_promotions_in_processes_never_lose_one(tmp_path):
     """Separate processes (forked: the registry is already imported, so they start at once)."""
     import multiprocessing

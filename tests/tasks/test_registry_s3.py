@@ -15,6 +15,8 @@ from tasks.registry import Registry, RegistryError
 from tasks.registry_s3 import Mirror, MirrorError, move_production, publish, pull, push_version
 from tasks.storage import head, list_objects, put_bytes, read_bytes
 
+pytestmark = pytest.mark.reliability
+
 
 def candidate(root, tag: str):
     path = root / f"cand-{tag}"

@@ -14,7 +14,7 @@ from tasks.intake import split_batch
 from tasks.model import load_classifier
 from tasks.replay import ReplayBuffer
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_torch_thread")]
 
 TRAIN = {"epochs": 4, "batch_size": 8, "lr": 2e-3, "warmup_ratio": 0.2, "seed": 7, "precision": "fp32",
          "device": "cpu", "checkpoint_every": 3, "early_stopping_patience": 2, "distill_weight": 1.0}
