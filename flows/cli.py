@@ -25,6 +25,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ratchet: continual learning for text models.")
 models_app = typer.Typer(no_args_is_help=True, help="Inspect the registry and move aliases (rollback).")
 app.add_typer(models_app, name="models")
+convert_app = typer.Typer(no_args_is_help=True, help="Convert delivered files into batch files.")
+app.add_typer(convert_app, name="convert")
 console = Console()
 
 
@@ -205,6 +207,26 @@ def _print_validation(batch_id: str, result) -> None:
         console.print("accepted with warnings: the batch would go on; see the warnings above")
 
 
+@convert_app.command("conll")
+def convert_conll(path: Path = typer.Argument(..., help="CoNLL column file: token first, IOB2 tag last, blank lines between sentences."),
+                  out: Optional[Path] = typer.Option(None, help="Output JSONL (default: PATH with .jsonl)."),
+                  slice_: Optional[str] = typer.Option(None, "--slice", help="Value of the `slice` column for every sentence."),
+                  split: Optional[str] = typer.Option(None, help="Value of the `split` column (train, dev, test).")) -> None:
+    """CoNLL column format -> a NER batch (JSONL with tokens, tags) for task.type: ner."""
+    from tasks.ner.conll import ConllError
+    from tasks.ner.conll import convert_conll as convert
+
+    if not path.exists():
+        console.print(f"[red]error:[/] no file at {path}")
+        raise typer.Exit(2)
+    try:
+        written = convert(path, out, slice_name=slice_, split=split)
+    except (ConllError, UnicodeDecodeError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    console.print(str(written))
+
+
 @app.command()
 def stream(out: Path = typer.Option(Path("data/landing/clinc150"), help="Where batch files are written."),
            domains: int = typer.Option(3, help="How many CLINC150 domains (1-10).")) -> None:
@@ -284,6 +306,11 @@ def _machine() -> dict:
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 
 
+def _exam_score(overall: dict) -> float:
+    """Accuracy of a classifier; entity-level micro F1 of a tagger (task.type: ner)."""
+    return overall["accuracy"] if "accuracy" in overall else overall["f1"]
+
+
 @models_app.command("list")
 def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     """Versions, their parent, batch and overall exam accuracy; aliases marked."""
@@ -297,7 +324,7 @@ def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     for version in reg.versions():
         meta = reg.metadata(version)
         table.add_row(version, ", ".join(sorted(marks.get(version, []))), str(meta.get("parent")),
-                      meta.get("batch_id", ""), f"{meta['metrics']['overall']['accuracy']:.3f}", meta.get("created_at", ""))
+                      meta.get("batch_id", ""), f"{_exam_score(meta['metrics']['overall']):.3f}", meta.get("created_at", ""))
     console.print(table)
 
 

@@ -215,6 +215,10 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     reg = Registry(ws.models_dir)
     run = Run(ws=ws, params=load_params(ws.params_path, overrides), reg=reg,
               champion=reg.resolve("production"), source=str(batch))
+    if run.params.task.type == "ner":  # tokens and tags instead of text and label: flows/retrain_ner.py
+        from flows.retrain_ner import retrain_ner
+
+        return retrain_ner(run, batch, force)
 
     known = is_known(batch, ws, run.params.validate.s3_endpoint or None)
     if known and not force:

@@ -1,0 +1,78 @@
+"""task.type: ner end to end through the retrain flow (temporary Prefect server, tiny
+model): a CoNLL file converted by the CLI is promoted, a batch bringing a new entity
+type grows the head and is promoted with replay, a malformed batch is quarantined with
+sentence and token named, and the same file again is skipped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.retrain import retrain
+from tasks.ner.conll import to_jsonl, write_conll
+from tasks.registry import Registry
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def ner_run(tmp_path_factory, prefect_server):
+    from conftest import TINY_NER_PARAMS, toy_ner_frame
+
+    root = tmp_path_factory.mktemp("nerflow")
+    ws = root / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text(TINY_NER_PARAMS)
+    conll = root / "a.conll"
+    first = toy_ner_frame(["PER", "LOC"], sentences=60, seed=1)
+    conll.write_text(write_conll(first))
+    result = CliRunner().invoke(app, ["convert", "conll", str(conll), "--slice", "A"])
+    assert result.exit_code == 0, result.output
+    a = root / "a.jsonl"
+    b = root / "b.parquet"
+    toy_ner_frame(["ORG", "PER"], sentences=60, seed=2, slice_name="B").to_parquet(b)
+    outcomes = [retrain(batch=str(a), workspace=str(ws)), retrain(batch=str(b), workspace=str(ws))]
+    return ws, root, outcomes
+
+
+def test_two_ner_batches_promoted_with_growth_and_replay(ner_run):
+    ws, _, outcomes = ner_run
+    assert [o["status"] for o in outcomes] == ["promoted", "promoted"], [o["reasons"] for o in outcomes]
+    reg = Registry(ws / "models")
+    assert reg.aliases()["production"] == "v0002"
+    meta = reg.metadata("v0002")
+    assert meta["task"] == "ner" and len(meta["batch_ids"]) == 2
+    assert set(meta["metrics"]["overall"]["per_type"]) == {"LOC", "ORG", "PER"}
+    second = outcomes[1]["details"]
+    assert second["new_types"] == ["ORG"] and second["train"]["replay_rows"] > 0
+    assert "new_types" in second["drift"]["signals"]
+    assert [c["kind"] for c in second["gate"]["checks"]] == ["old_slice", "old_overall", "new_batch"]
+    assert json.loads((ws / "models" / "production" / "config.json").read_text())["id2label"]["5"] == "B-ORG"
+
+    from transformers import pipeline
+
+    tagger = pipeline("token-classification", model=str(ws / "models" / "production"))
+    assert isinstance(tagger("alice flew to paris"), list)
+
+
+def test_malformed_ner_batch_is_quarantined(ner_run):
+    ws, root, _ = ner_run
+    bad = root / "bad.jsonl"
+    from conftest import toy_ner_frame
+
+    frame = toy_ner_frame(["PER"], sentences=8, seed=5)
+    frame.at[2, "tags"] = ["I-PER"] + list(frame.at[2, "tags"])[1:]
+    bad.write_text(to_jsonl(frame))
+    outcome = retrain(batch=str(bad), workspace=str(ws), overrides={"validate.on_bad_rows": "reject_batch"})
+    assert outcome["status"] == "quarantined" and outcome["exit_code"] == 4
+    assert any("sentence 3: token 0" in r for r in outcome["reasons"]), outcome["reasons"]
+    assert (ws / "data" / "quarantine" / outcome["batch_id"] / "report.html").exists()
+
+
+def test_same_ner_file_again_is_skipped(ner_run):
+    ws, root, outcomes = ner_run
+    again = retrain(batch=str(root / "a.jsonl"), workspace=str(ws))
+    assert again["status"] == "skipped" and again["batch_id"] == outcomes[0]["batch_id"]
