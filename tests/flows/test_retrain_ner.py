@@ -76,3 +76,22 @@ def test_same_ner_file_again_is_skipped(ner_run):
     ws, root, outcomes = ner_run
     again = retrain(batch=str(root / "a.jsonl"), workspace=str(ws))
     assert again["status"] == "skipped" and again["batch_id"] == outcomes[0]["batch_id"]
+
+
+def test_cli_retrain_prints_ner_drift_and_gate(ner_run):
+    from conftest import toy_ner_frame
+
+    ws, root, _ = ner_run
+    c = root / "c.jsonl"
+    c.write_text(to_jsonl(toy_ner_frame(["PER", "LOC", "ORG"], sentences=40, seed=9)))
+    result = CliRunner().invoke(app, ["retrain", "--batch", str(c), "--workspace", str(ws)])
+    assert result.exit_code in (0, 3), result.output
+    assert "signals:" in result.output and "entity F1" in result.output
+
+
+def test_cli_convert_names_the_bad_line(tmp_path):
+    bad = tmp_path / "x.conll"
+    bad.write_text("Peter B-PER\nBlackburn\n")
+    result = CliRunner().invoke(app, ["convert", "conll", str(bad)])
+    assert result.exit_code == 2 and "line 2" in result.output
+    assert CliRunner().invoke(app, ["convert", "conll", str(tmp_path / "missing.conll")]).exit_code == 2
