@@ -51,21 +51,23 @@ def counts(gold: list[str], pred: list[str], types: set[str] | None = None) -> d
             "fn": Counter(s[0] for s in g - p)}
 
 
-def prf(tp: int, fp: int, fn: int) -> dict:
+def prf(tp: int, fp: int, fn: int, digits: int | None = 4) -> dict:
     p = tp / (tp + fp) if tp + fp else 0.0
     r = tp / (tp + fn) if tp + fn else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0
-    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f, 4), "support": tp + fn}
+    rnd = (lambda x: round(x, digits)) if digits is not None else float
+    return {"precision": rnd(p), "recall": rnd(r), "f1": rnd(f), "support": tp + fn}
 
 
 def score(per_sentence: list[dict[str, Counter]]) -> dict:
     """Micro and macro P/R/F1 and per-type P/R/F1/support over sentences' counts."""
     total = {k: sum((c[k] for c in per_sentence), Counter()) for k in ("tp", "fp", "fn")}
     types = sorted(set(total["tp"]) | set(total["fp"]) | set(total["fn"]))
-    per_type = {t: prf(total["tp"][t], total["fp"][t], total["fn"][t]) for t in types}
+    exact = {t: prf(total["tp"][t], total["fp"][t], total["fn"][t], digits=None) for t in types}
+    per_type = {t: {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()} for t, d in exact.items()}
     micro = prf(sum(total["tp"].values()), sum(total["fp"].values()), sum(total["fn"].values()))
-    gold_types = [t for t in types if per_type[t]["support"]]  # seqeval's macro: types with gold entities
-    macro = round(float(np.mean([per_type[t]["f1"] for t in gold_types])), 4) if gold_types else 0.0
+    # seqeval's macro average: every type in gold or predictions (a type only predicted scores 0)
+    macro = round(float(np.mean([exact[t]["f1"] for t in types])), 4) if types else 0.0
     return {"rows": len(per_sentence), **micro, "macro_f1": macro, "per_type": per_type}
 
 

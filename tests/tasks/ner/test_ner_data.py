@@ -167,3 +167,19 @@ def test_entity_scores_need_exact_span_and_type():
 def test_scoring_only_annotated_types():
     c = counts(["O", "B-PER"], ["B-ORG", "B-PER"], types={"PER"})
     assert sum(c["fp"].values()) == 0 and sum(c["tp"].values()) == 1
+
+
+def test_scores_equal_seqeval_when_installed():
+    """seqeval is not a dependency; where it is installed, the scorer must agree with its
+    default (conlleval) mode on random, partly ill-formed predictions."""
+    import random
+
+    metrics = pytest.importorskip("seqeval.metrics")
+    rng = random.Random(0)
+    tags = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    for _ in range(100):
+        gold = [[rng.choice(tags) for _ in range(rng.randint(1, 10))] for _ in range(rng.randint(1, 10))]
+        pred = [[t if rng.random() < 0.6 else rng.choice(tags) for t in s] for s in gold]
+        mine = score([counts(g, p) for g, p in zip(gold, pred)])
+        assert mine["f1"] == round(metrics.f1_score(gold, pred), 4)
+        assert mine["macro_f1"] == round(metrics.f1_score(gold, pred, average="macro", zero_division=0), 4)
