@@ -51,6 +51,7 @@ def test_two_ner_batches_promoted_with_growth_and_replay(ner_run):
     assert "new_types" in second["drift"]["signals"]
     assert [c["kind"] for c in second["gate"]["checks"]] == ["old_slice", "old_overall", "new_batch"]
     assert json.loads((ws / "models" / "production" / "config.json").read_text())["id2label"]["5"] == "B-ORG"
+    assert "micro F1" in (ws / "models" / "production" / "README.md").read_text()  # the model card
 
     from transformers import pipeline
 
