@@ -123,6 +123,8 @@ def drift(path: Path = typer.Argument(..., help="Batch file: CSV, JSONL or Parqu
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2)
     run_id = f"drift-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{batch_id_for(path.read_bytes())}"
+    if params.task.type == "ner":  # tokens and tags: flows/retrain_ner.py
+        from flows.retrain_ner import check_drift as check_file
     checked, result = check_file(path, ws, params, run_id)
     if as_json:
         typer.echo(json.dumps({"drifted": None if result is None else result.drifted, "validation": checked.to_dict(),
@@ -168,7 +170,10 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
         raise typer.Exit(2)
     ws = Workspace.at(workspace)
     try:
-        batch_id, result = check_file(path, ws, load_params(ws.params_path, _overrides(set_)))
+        params = load_params(ws.params_path, _overrides(set_))
+        if params.task.type == "ner":  # tokens and tags: tasks/ner/validate.py
+            from tasks.ner.validate import check_file
+        batch_id, result = check_file(path, ws, params)
     except (ConfigError, typer.BadParameter) as exc:
         console.print(f"[red]configuration error:[/] {escape(str(exc))}")
         raise typer.Exit(2)

@@ -78,10 +78,9 @@ def _frames(ws: Workspace, batch_ids: list[str], part: str) -> pd.DataFrame | No
 
 
 def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
-    from tasks.ner.model import load_tagger, tagger_types
-    from tasks.ner.validate import validate_ner
+    from tasks.ner.validate import production_types, validate_ner
 
-    known = tagger_types(load_tagger(run.reg.path(run.champion))) if run.champion else None
+    known = production_types(run.reg) if run.champion else None
     checked = validate_ner(got.frame, run.params.ner, run.params.validate, known_types=known,
                            parse_error=got.parse_error)
     run.details["validation"] = checked.to_dict()
@@ -203,3 +202,25 @@ def retrain_ner(run: Run, batch: str, force: bool = False) -> dict:
             return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), run)
         finally:
             shutil.rmtree(candidate.path, ignore_errors=True)
+
+
+def check_drift(path: Path, ws: Workspace, params, run_id: str):
+    """`ratchet drift FILE` for task.type ner: (validation, drift or None when rejected),
+    against the sentences behind production; writes only reports/<run_id>/."""
+    from tasks.ner.drift import detect_ner_drift
+    from tasks.ner.model import load_tagger
+    from tasks.ner.validate import check_file
+
+    _, checked = check_file(str(path), ws, params)
+    if not checked.passed:
+        return checked, None
+    from tasks.ner.conll import parse_ner_bytes
+
+    frame = checked.kept(parse_ner_bytes(path.read_bytes(), path.name, params.validate.encoding))
+    reg = Registry(ws.models_dir)
+    champion = reg.resolve("production")
+    lineage = reg.metadata(champion)["batch_ids"] if champion else []
+    result = detect_ner_drift(frame, _frames(ws, lineage, "train"), params.drift,
+                              champion=load_tagger(reg.path(champion)) if champion else None,
+                              out_dir=ws.run_dir(run_id), seed=params.train.seed, max_length=params.model.max_length)
+    return checked, result

@@ -106,3 +106,33 @@ def validate_ner(frame: pd.DataFrame | None, cfg: NerConfig, validate_cfg: Valid
     dropped = {i: [c for c, _ in p] for i, p in problems.items()} if drop and passed else {}
     return ValidationResult(passed, len(frame), failures, warnings, verdict, dropped=dropped,
                             file_rows=list(range(1, len(frame) + 1)))
+
+
+def check_file(source: str, ws, params) -> tuple[str, ValidationResult]:
+    """`ratchet validate FILE` for task.type ner: (batch id, result) against production's
+    entity types and params.yaml, without writing anything."""
+    from tasks.intake import batch_id_for, source_name
+    from tasks.ner.conll import parse_ner_bytes
+    from tasks.registry import Registry
+    from tasks.storage import read_bytes
+
+    raw = read_bytes(source, endpoint_url=params.validate.s3_endpoint or None)
+    frame, error = None, None
+    try:
+        frame = parse_ner_bytes(raw, source_name(source), params.validate.encoding)
+    except Exception as exc:  # a parse failure is a verdict, as in the flow
+        error = f"{type(exc).__name__}: {exc}"
+    return batch_id_for(raw), validate_ner(frame, params.ner, params.validate, known_types=production_types(
+        Registry(ws.models_dir)), parse_error=error)
+
+
+def production_types(reg) -> list[str] | None:
+    """Entity types the production tagger knows (None before the first promotion)."""
+    import json
+
+    from tasks.ner.tags import types_of
+
+    version = reg.resolve("production")
+    if version is None:
+        return None
+    return types_of(json.loads((reg.path(version) / "config.json").read_text())["id2label"].values())

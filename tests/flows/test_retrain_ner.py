@@ -96,3 +96,19 @@ def test_cli_convert_names_the_bad_line(tmp_path):
     result = CliRunner().invoke(app, ["convert", "conll", str(bad)])
     assert result.exit_code == 2 and "line 2" in result.output
     assert CliRunner().invoke(app, ["convert", "conll", str(tmp_path / "missing.conll")]).exit_code == 2
+
+
+def test_cli_validate_and_drift_read_ner_batches(ner_run):
+    from conftest import toy_ner_frame
+
+    ws, root, _ = ner_run
+    good = root / "d.jsonl"
+    good.write_text(to_jsonl(toy_ner_frame(["PER", "MISC"], sentences=30, seed=11)))
+    result = CliRunner().invoke(app, ["validate", str(good), "--workspace", str(ws), "--json"])
+    assert result.exit_code == 0, result.output
+    refused = CliRunner().invoke(app, ["validate", str(good), "--workspace", str(ws),
+                                       "--set", "ner.allow_new_types=false"])
+    assert refused.exit_code == 4 and "MISC" in refused.output
+    drift = CliRunner().invoke(app, ["drift", str(good), "--workspace", str(ws), "--json"])
+    assert drift.exit_code == 0, drift.output
+    assert json.loads(drift.stdout)["new_types"] == ["MISC"]
