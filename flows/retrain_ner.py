@@ -6,7 +6,7 @@ The same shape, outcomes, exit codes and decision JSON as flows/retrain.py, whic
 a run over to `retrain_ner` when params.yaml says `task.type: ner`; each stage is a
 function from tasks/ner/ (or a generic one: batch ids, quarantine, promotion lock,
 registry, DVC recording, S3 mirror). Not carried over from the classification flow
-yet: pending batches of the retrain policy, the accuracy matrix, leakage checks.
+yet: pending batches of the retrain policy and the accuracy matrix.
 """
 
 from __future__ import annotations
@@ -51,15 +51,37 @@ def ner_intake(source: str, ws: Workspace, encoding: str = "utf-8", endpoint: st
     return Intake(batch_id, raw_path, frame, rows=list(range(1, len(frame) + 1)))
 
 
-def split_ner(frame: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace) -> Split:
+def _sentence_keys(frame: pd.DataFrame | None) -> pd.Series:
+    if frame is None or not len(frame):
+        return pd.Series([], dtype=str)
+    return frame["tokens"].map(lambda t: " ".join(t).lower())
+
+
+def remove_leaks(parts: Split, ws: Workspace, lineage: list[str]) -> tuple[Split, dict[str, int]]:
+    """Train sentences already in the exam (or in this batch's held-out part) are not
+    trained on; held-out sentences that were trained on earlier are not examined."""
+    exam = set(_sentence_keys(_frames(ws, lineage, "exam"))) | set(_sentence_keys(parts.test))
+    trained = set(_sentence_keys(_frames(ws, lineage, "train")))
+    train_leak = _sentence_keys(parts.train).isin(exam).to_numpy()
+    dev_leak = _sentence_keys(parts.dev).isin(exam).to_numpy()
+    test_leak = _sentence_keys(parts.test).isin(trained).to_numpy()
+    clean = Split(parts.train[~train_leak].reset_index(drop=True), parts.dev[~dev_leak].reset_index(drop=True),
+                  parts.test[~test_leak].reset_index(drop=True))
+    return clean, {"train_in_exam": int(train_leak.sum()), "dev_in_exam": int(dev_leak.sum()),
+                   "exam_already_trained": int(test_leak.sum())}
+
+
+def split_ner(frame: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
+              lineage: list[str] | None = None) -> tuple[Split, dict[str, int]]:
     """train / dev / held-out sentences (the `split` column, else a stable hash of the
-    sentence), stored like classification batches; held-out sentences join the exam."""
+    sentence, so repeated sentences stay on one side), leaks against earlier batches
+    removed, stored like classification batches; held-out sentences join the exam."""
     df = frame.reset_index(drop=True).copy()
     split = assign_split(df.assign(text=[" ".join(t) for t in df["tokens"]]), test_share)
     df["slice"] = df["slice"].astype(str) if "slice" in df.columns else batch_id
     df["batch_id"] = batch_id
-    parts = Split(*(df.loc[split.isin(names), COLUMNS].reset_index(drop=True)
-                    for names in (TRAIN_NAMES, DEV_NAMES, TEST_NAMES)))
+    parts, leaks = remove_leaks(Split(*(df.loc[split.isin(names), COLUMNS].reset_index(drop=True)
+                                        for names in (TRAIN_NAMES, DEV_NAMES, TEST_NAMES))), ws, lineage or [])
     out = ws.batch_dir(batch_id)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("train", "dev", "test"):
@@ -67,8 +89,8 @@ def split_ner(frame: pd.DataFrame, batch_id: str, test_share: float, ws: Workspa
     ws.exam_dir.mkdir(parents=True, exist_ok=True)
     parts.test.to_parquet(ws.exam_dir / f"{batch_id}.parquet", index=False)
     (out / "manifest.json").write_text(json.dumps({"batch_id": batch_id, "task": "ner", "rows": {
-        n: len(getattr(parts, n)) for n in ("train", "dev", "test")}}, indent=2))
-    return parts
+        n: len(getattr(parts, n)) for n in ("train", "dev", "test")}, "leakage": leaks}, indent=2))
+    return parts, leaks
 
 
 def _frames(ws: Workspace, batch_ids: list[str], part: str) -> pd.DataFrame | None:
@@ -185,8 +207,9 @@ def retrain_ner(run: Run, batch: str, force: bool = False) -> dict:
     checked = _validate_stage(run, got)
     if isinstance(checked, Outcome):
         return _finish(checked, run)
-    split = split_ner(checked, got.batch_id, params.intake.test_share, ws)
     lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
+    split, leaks = split_ner(checked, got.batch_id, params.intake.test_share, ws, lineage)
+    run.details["leakage"] = leaks
     settled = _drift_stage(run, split, lineage, got.batch_id, force)
     if settled:
         return _finish(settled, run)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -112,3 +113,23 @@ def test_cli_validate_and_drift_read_ner_batches(ner_run):
     drift = CliRunner().invoke(app, ["drift", str(good), "--workspace", str(ws), "--json"])
     assert drift.exit_code == 0, drift.output
     assert json.loads(drift.stdout)["new_types"] == ["MISC"]
+
+
+def test_split_removes_leaks_against_earlier_batches(ner_run, tmp_path):
+    from conftest import toy_ner_frame
+    from flows.retrain_ner import split_ner
+    from tasks.workspace import Workspace
+
+    ws, _, outcomes = ner_run
+    ws = Workspace.at(ws)
+    first = outcomes[0]["batch_id"]
+    exam = pd.read_parquet(ws.exam_dir / f"{first}.parquet")
+    trained = pd.read_parquet(ws.batch_dir(first) / "train.parquet")
+    frame = toy_ner_frame(["PER"], sentences=10, seed=21)
+    leaked = pd.DataFrame({"tokens": [list(exam.tokens[0]), list(trained.tokens[0])],
+                                             "tags": [list(exam.tags[0]), list(trained.tags[0])],
+                                             "split": ["train", "test"]})
+    parts, leaks = split_ner(pd.concat([frame, leaked], ignore_index=True), "b-leak", 0.3, ws,
+                             [first])
+    assert leaks["train_in_exam"] == 1 and leaks["exam_already_trained"] == 1
+    assert len(parts.train) + len(parts.test) == len(frame)
