@@ -37,6 +37,7 @@ RESULTS = REPO / "benchmarks" / "results"
 STAGES = [["PER", "LOC"], ["ORG"], ["MISC"]]
 BERT_BASE_TEST_F1 = 92.4
 SCALES = {
+    # on a quiet 2-core CPU; `--train/--test/--set` shrink it further on a busy one
     "small": {"train": 1500, "test": 800, "overrides": {"train.epochs": 2}},
     "full": {"train": 0, "test": 0, "overrides": {"train.epochs": 3}},
 }
@@ -82,8 +83,10 @@ def run_joint(train: pd.DataFrame, test: pd.DataFrame, params, work: Path) -> di
             "test": _evaluate(cand.path, test, {t for s in STAGES for t in s}, params)}
 
 
-def run_stream(train: pd.DataFrame, test: pd.DataFrame, params, work: Path, seed: int) -> dict:
-    """Stage k: its third of the sentences, tagged with the types arrived so far."""
+def run_stream(train: pd.DataFrame, test: pd.DataFrame, params, work: Path, seed: int,
+               progress=lambda stages: None) -> dict:
+    """Stage k: its third of the sentences, tagged with the types arrived so far.
+    `progress(stages)` after each stage, so a run cut short keeps what it measured."""
     from tasks.ner.train import train_tagger
 
     thirds = np.array_split(np.random.default_rng(seed).permutation(len(train)), len(STAGES))
@@ -100,6 +103,7 @@ def run_stream(train: pd.DataFrame, test: pd.DataFrame, params, work: Path, seed
                        "train_seconds": cand.train.seconds, "test": _evaluate(cand.path, test, set(arrived), params)})
         champion = cand.path
         print(json.dumps(stages[-1]), flush=True)
+        progress(stages)
     return {"stages": stages, "final_test_f1": stages[-1]["test"]["f1"]}
 
 
@@ -139,16 +143,24 @@ def main(argv: list[str] | None = None) -> Path | None:
         shlex.join(sys.argv[1:] if argv is None else argv), "base": params.model.base, "overrides": overrides,
         "train_sentences": len(train), "test_sentences": len(test), "stages": STAGES,
         "reference": {"bert_base_test_f1": BERT_BASE_TEST_F1, "source": "Devlin et al. 2019, Table 3"}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"ner_conll2003_{args.scale}.json"
+
+    def write(partial: bool) -> None:  # after every stage: a run cut short keeps its numbers
+        out.write_text(json.dumps(doc | {"complete": not partial}, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="ner-bench-") as tmp:
         for mode in args.modes.split(","):
             started = time.perf_counter()
-            doc[mode] = (run_stream(train, test, params, Path(tmp), args.seed) if mode == "stream"
-                         else run_joint(train, test, params, Path(tmp)))
+            if mode == "stream":
+                doc[mode] = run_stream(train, test, params, Path(tmp), args.seed,
+                                       progress=lambda stages: (doc.update(stream={"stages": stages}), write(True)))
+            else:
+                doc[mode] = run_joint(train, test, params, Path(tmp))
             doc[mode]["wall_seconds"] = round(time.perf_counter() - started, 1)
             print(json.dumps({mode: doc[mode]}), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"ner_conll2003_{args.scale}.json"
-    out.write_text(json.dumps(doc, indent=2))
+            write(True)
+    write(False)
     print(out)
     return out
 
