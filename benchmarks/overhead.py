@@ -93,12 +93,13 @@ def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
     stages = task_seconds(state.state_details.flow_run_id)
 
     params = load_params(ws / "params.yaml", overrides)
-    train = split_batch(parse_bytes(second.read_bytes(), second.name), "bare", params.intake.test_share).train
+    split = split_batch(parse_bytes(second.read_bytes(), second.name), "bare", params.intake.test_share)
     champion = reg.path(before) if before else None  # what the flow trained from
-    started = time.perf_counter()
-    bare = train_candidate(champion_dir=champion, train_rows=train, out_dir=workdir / "bare", params=params)
+    started = time.perf_counter()  # the same rows as the flow's finetune stage: train, and dev for early stopping
+    bare = train_candidate(champion_dir=champion, train_rows=split.train, dev_rows=split.dev, out_dir=workdir / "bare",
+                           params=params)
     bare_s = time.perf_counter() - started
-    return summarize(wall, stages, bare_s, warmup_s, len(train), outcome["status"], bare.train.samples)
+    return summarize(wall, stages, bare_s, warmup_s, len(split.train), outcome["status"], bare.train.samples)
 
 
 def summarize(wall: float, stages: dict[str, float], bare_s: float, warmup_s: float, rows: int,
@@ -118,11 +119,14 @@ def summarize(wall: float, stages: dict[str, float], bare_s: float, warmup_s: fl
 
 
 def synthetic_batch(rows: int, seed: int = 0) -> pd.DataFrame:
-    """`rows` CLINC150 and Banking77 utterances drawn with replacement, with a split column."""
+    """`rows` CLINC150 and Banking77 utterances drawn with replacement (about 20 per label)."""
     from benchmarks.streams import Caps, load_stream
 
     pool = pd.concat([b.train.assign(split="train") for n in ("clinc150", "banking77")
                       for b in load_stream(n, Caps())], ignore_index=True)[["text", "label", "slice"]]
+    # about 20 rows per label, so every new label passes labels.min_examples_new as in a real delivery
+    labels = sorted(pool["label"].unique())[: max(1, rows // 20)]
+    pool = pool[pool["label"].isin(labels)]
     frame = pool.sample(n=rows, replace=True, random_state=seed).reset_index(drop=True)
     return frame.assign(text=frame["text"] + " #" + frame.index.astype(str))  # distinct rows, as in a real batch
 
