@@ -2,7 +2,7 @@
 #   make run    stream CLINC150 domains through the retrain flow with the real MiniLM (DOMAINS=10 for all),
 #               then `dvc repro` rebuilds the first promotion for audit
 #   make test   the fast offline test tier (make test-all adds the slow tier)
-#   make bench  continual-learning and overhead benchmarks, small scale (BENCH_SCALE=full for all data)
+#   make bench  continual-learning, overhead and NER (CoNLL-2003) benchmarks, small scale (BENCH_SCALE=full for all data)
 # Both create .venv and install what they need the first time.
 
 PYTHON  ?= $(shell command -v python3.11 || command -v python3)
@@ -69,6 +69,7 @@ BENCH_SCALE ?= small
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.continual --scale $(BENCH_SCALE)
 	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.ner_bench --scale $(BENCH_SCALE)
 	$(BIN)/python -m benchmarks.report --scale $(BENCH_SCALE)
 
 clean:

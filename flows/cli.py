@@ -25,6 +25,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ratchet: continual learning for text models.")
 models_app = typer.Typer(no_args_is_help=True, help="Inspect the registry and move aliases (rollback).")
 app.add_typer(models_app, name="models")
+convert_app = typer.Typer(no_args_is_help=True, help="Convert delivered files into batch files.")
+app.add_typer(convert_app, name="convert")
 console = Console()
 
 
@@ -127,6 +129,8 @@ def drift(path: Path = typer.Argument(..., help="Batch file: CSV, JSONL or Parqu
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2)
     run_id = f"drift-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{batch_id_for(path.read_bytes())}"
+    if params.task.type == "ner":  # tokens and tags: flows/retrain_ner.py
+        from flows.retrain_ner import check_drift as check_file
     checked, result = check_file(path, ws, params, run_id)
     if as_json:
         typer.echo(json.dumps({"drifted": None if result is None else result.drifted, "validation": checked.to_dict(),
@@ -172,7 +176,10 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
         raise typer.Exit(2)
     ws = Workspace.at(workspace)
     try:
-        batch_id, result = check_file(path, ws, load_params(ws.params_path, _overrides(set_)))
+        params = load_params(ws.params_path, _overrides(set_))
+        if params.task.type == "ner":  # tokens and tags: tasks/ner/validate.py
+            from tasks.ner.validate import check_file
+        batch_id, result = check_file(path, ws, params)
     except (ConfigError, typer.BadParameter) as exc:
         console.print(f"[red]configuration error:[/] {escape(str(exc))}")
         raise typer.Exit(2)
@@ -209,6 +216,26 @@ def _print_validation(batch_id: str, result) -> None:
         Console(width=max(console.width, 160)).print(table, highlight=False)
     if result.verdict == "accepted_with_warnings":
         console.print("accepted with warnings: the batch would go on; see the warnings above")
+
+
+@convert_app.command("conll")
+def convert_conll(path: Path = typer.Argument(..., help="CoNLL column file: token first, IOB2 tag last, blank lines between sentences."),
+                  out: Optional[Path] = typer.Option(None, help="Output JSONL (default: PATH with .jsonl)."),
+                  slice_: Optional[str] = typer.Option(None, "--slice", help="Value of the `slice` column for every sentence."),
+                  split: Optional[str] = typer.Option(None, help="Value of the `split` column (train, dev, test).")) -> None:
+    """CoNLL column format -> a NER batch (JSONL with tokens, tags) for task.type: ner."""
+    from tasks.ner.conll import ConllError
+    from tasks.ner.conll import convert_conll as convert
+
+    if not path.exists():
+        console.print(f"[red]error:[/] no file at {path}")
+        raise typer.Exit(2)
+    try:
+        written = convert(path, out, slice_name=slice_, split=split)
+    except (ConllError, UnicodeDecodeError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    console.print(str(written))
 
 
 @app.command()
@@ -290,6 +317,11 @@ def _machine() -> dict:
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 
 
+def _exam_score(overall: dict) -> float:
+    """Accuracy of a classifier; entity-level micro F1 of a tagger (task.type: ner)."""
+    return overall["accuracy"] if "accuracy" in overall else overall["f1"]
+
+
 @models_app.command("list")
 def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     """Versions, their parent, batch and overall exam accuracy; aliases marked."""
@@ -303,7 +335,7 @@ def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     for version in reg.versions():
         meta = reg.metadata(version)
         table.add_row(version, ", ".join(sorted(marks.get(version, []))), str(meta.get("parent")),
-                      meta.get("batch_id", ""), f"{meta['metrics']['overall']['accuracy']:.3f}", meta.get("created_at", ""))
+                      meta.get("batch_id", ""), f"{_exam_score(meta['metrics']['overall']):.3f}", meta.get("created_at", ""))
     console.print(table)
 
 

@@ -230,6 +230,10 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
         get_run_logger().warning("registry recovered: %s", "; ".join(recovered))
     if run.champion:  # a damaged production is never drifted against, trained from or judged by
         reg.checked_path(run.champion)
+    if run.params.task.type == "ner":  # tokens and tags instead of text and label: flows/retrain_ner.py
+        from flows.retrain_ner import retrain_ner
+
+        return retrain_ner(run, batch, force)
 
     known = is_known(batch, ws, run.params.validate.s3_endpoint or None)
     if known and not force:

@@ -73,8 +73,20 @@ def _lineage(lineage: list[dict]) -> list[str]:
     return lines + _table(["version", "batch", "source", "created", "exam accuracy"], rows)
 
 
+def _ner_metrics(metrics: dict) -> list[str]:
+    """A tagger's card: entity-level micro P/R/F1 and macro F1 (CoNLL convention)."""
+    lines = ["## Exam metrics", "", "Entity-level precision, recall and F1 (exact span and type) on the "
+             "held-out sentences of every batch so far.", ""]
+    parts = [("**overall**", metrics.get("overall") or {})] + sorted((metrics.get("slices") or {}).items())
+    rows = [[name, s.get("rows"), s.get("precision"), s.get("recall"), s.get("f1"), s.get("macro_f1")]
+            for name, s in parts if isinstance(s, dict)]
+    return lines + _table(["slice", "sentences", "precision", "recall", "micro F1", "macro F1"], rows)
+
+
 def _metrics(metadata: dict) -> list[str]:
     metrics = metadata.get("metrics") or {}
+    if metadata.get("task") == "ner" and isinstance(metrics, dict):
+        return _ner_metrics(metrics)
     lines = ["## Exam metrics", "", "Accuracy and macro-F1 on the held-out rows of every batch so far.", ""]
     if not isinstance(metrics, dict) or not metrics:
         return lines + ["No metrics recorded."]

@@ -26,6 +26,25 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    # classification: batches of text,label; ner: batches of tokens,tags (IOB2), see tasks/ner/
+    type: str = "classification"
+
+
+@dataclass(frozen=True)
+class NerConfig:
+    """Checks of NER batches (task.type: ner); the classification path never reads it."""
+
+    # entity types production does not know yet (a tag B-X/I-X with a new X)
+    allow_new_types: bool = True
+    # a new entity type needs at least this many mentions in the batch
+    min_mentions_new: int = 1
+    min_sentences: int = 5
+    # words per sentence; a longer one is a bad row (0 = no check)
+    max_sentence_tokens: int = 128
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     base: str = "minilm"
     max_length: int = 64
@@ -175,6 +194,8 @@ class OpsConfig:
 
 @dataclass(frozen=True)
 class Params:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    ner: NerConfig = field(default_factory=NerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
@@ -194,6 +215,7 @@ class Params:
 
 
 _CHOICES = {
+    ("task", "type"): {"classification", "ner"},
     ("train", "precision"): {"auto", "fp32", "bf16"},
     ("train", "device"): {"auto", "cpu", "cuda"},
     ("replay", "strategy"): {"reservoir", "class_balanced", "slice_balanced"},
@@ -293,5 +315,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
 
 def params_hash(params: Params) -> str:
     """A short stable hash of the effective parameters, recorded in lineage."""
-    blob = json.dumps(params.to_dict(), sort_keys=True).encode()
+    raw = params.to_dict()
+    for name, default in (("task", TaskConfig()), ("ner", NerConfig())):
+        if getattr(params, name) == default:  # hashes of runs from before these sections stay the same
+            raw.pop(name)
+    blob = json.dumps(raw, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

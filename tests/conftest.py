@@ -135,3 +135,44 @@ def s3_bucket(s3_server, request) -> str:
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
     s3_client().create_bucket(Bucket=name)
     return name
+
+
+ENTITIES = {
+    "PER": [["alice"], ["bob", "smith"], ["carol"], ["dave", "jones"]],
+    "LOC": [["paris"], ["new", "york"], ["london"], ["berlin"]],
+    "ORG": [["acme"], ["globex", "corp"], ["initech"], ["umbrella"]],
+    "MISC": [["olympics"], ["euro"], ["nobel", "prize"], ["oscar"]],
+}
+
+
+def toy_ner_frame(types: list[str], *, sentences: int = 40, seed: int = 0, slice_name: str | None = None,
+                  test_share: float = 0.3) -> pd.DataFrame:
+    """Sentences `tokens,tags[,slice],split` (IOB2): filler words and one or two entity
+    mentions of `types`; each entity type has its own few names, so a tiny BERT learns
+    them in seconds."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(sentences):
+        tokens = list(rng.choice(FILLER, size=int(rng.integers(2, 6))))
+        tags = ["O"] * len(tokens)
+        for _ in range(int(rng.integers(1, 3))):
+            kind = types[int(rng.integers(0, len(types)))]
+            name = ENTITIES[kind][int(rng.integers(0, len(ENTITIES[kind])))]
+            at = int(rng.integers(0, len(tokens) + 1))
+            if at < len(tokens) and tags[at].startswith("I-"):  # never split an entity
+                at = len(tokens)
+            tokens[at:at] = name
+            tags[at:at] = [f"B-{kind}"] + [f"I-{kind}"] * (len(name) - 1)
+        tokens.append(str(i % 10))  # digits seen in training too: an unseen token is a toy artefact
+        tags.append("O")
+        rows.append({"tokens": tokens, "tags": tags, "split": "test" if i < sentences * test_share else "train"})
+    frame = pd.DataFrame(rows)
+    if slice_name:
+        frame.insert(2, "slice", slice_name)
+    return frame
+
+
+TINY_NER_PARAMS = TINY_PARAMS + """\
+task: {type: ner}
+ner: {min_sentences: 5}
+"""

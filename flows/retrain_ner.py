@@ -1,0 +1,249 @@
+"""The retrain path for `task.type: ner`: one delivered NER batch, end to end.
+
+intake -> validate -> (quarantine | split) -> drift -> finetune -> evaluate -> gate -> promote
+
+The same shape, outcomes, exit codes and decision JSON as flows/retrain.py, which hands
+a run over to `retrain_ner` when params.yaml says `task.type: ner`; each stage is a
+function from tasks/ner/ (or a generic one: batch ids, quarantine, promotion lock,
+registry, DVC recording, S3 mirror). Not carried over from the classification flow
+yet: pending batches of the retrain policy and the accuracy matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+
+from flows.retrain import Outcome, Run, _claim_production, _finish, _stamp
+from tasks.audit import record_data, record_promotion_task, version_metadata
+from tasks.config import params_hash
+from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, batch_id_for, raw_file_name
+from tasks.intake import source_name
+from tasks.lock import promotion_lock
+from tasks.quarantine import quarantine_batch, quarantine_rows
+from tasks.registry import Registry, RegistryError
+from tasks.registry_s3 import Mirror, publish_task
+from tasks.storage import StorageError, read_bytes
+from tasks.workspace import Workspace
+
+COLUMNS = ["tokens", "tags", "slice", "batch_id"]
+
+
+def ner_intake(source: str, ws: Workspace, encoding: str = "utf-8", endpoint: str | None = None) -> Intake:
+    """Keep the raw bytes under data/batches/<id>/raw/ and parse them (JSONL, Parquet, CoNLL)."""
+    from tasks.ner.conll import parse_ner_bytes
+
+    raw = read_bytes(source, endpoint_url=endpoint)
+    batch_id, name = batch_id_for(raw), source_name(source)
+    raw_dir = ws.batch_dir(batch_id) / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    raw_path = raw_dir / raw_file_name(name, batch_id)
+    if not raw_path.exists():
+        raw_path.write_bytes(raw)
+    try:
+        frame = parse_ner_bytes(raw, name, encoding)
+    except Exception as exc:  # any parser failure is a validation verdict, not a crash
+        return Intake(batch_id, raw_path, None, f"{type(exc).__name__}: {exc}")
+    return Intake(batch_id, raw_path, frame, rows=list(range(1, len(frame) + 1)))
+
+
+def _sentence_keys(frame: pd.DataFrame | None) -> pd.Series:
+    if frame is None or not len(frame):
+        return pd.Series([], dtype=str)
+    return frame["tokens"].map(lambda t: " ".join(t).lower())
+
+
+def remove_leaks(parts: Split, ws: Workspace, lineage: list[str]) -> tuple[Split, dict[str, int]]:
+    """Train sentences already in the exam (or in this batch's held-out part) are not
+    trained on; held-out sentences that were trained on earlier are not examined."""
+    exam = set(_sentence_keys(_frames(ws, lineage, "exam"))) | set(_sentence_keys(parts.test))
+    trained = set(_sentence_keys(_frames(ws, lineage, "train")))
+    train_leak = _sentence_keys(parts.train).isin(exam).to_numpy()
+    dev_leak = _sentence_keys(parts.dev).isin(exam).to_numpy()
+    test_leak = _sentence_keys(parts.test).isin(trained).to_numpy()
+    clean = Split(parts.train[~train_leak].reset_index(drop=True), parts.dev[~dev_leak].reset_index(drop=True),
+                  parts.test[~test_leak].reset_index(drop=True))
+    return clean, {"train_in_exam": int(train_leak.sum()), "dev_in_exam": int(dev_leak.sum()),
+                   "exam_already_trained": int(test_leak.sum())}
+
+
+def split_ner(frame: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
+              lineage: list[str] | None = None) -> tuple[Split, dict[str, int]]:
+    """train / dev / held-out sentences (the `split` column, else a stable hash of the
+    sentence, so repeated sentences stay on one side), leaks against earlier batches
+    removed, stored like classification batches; held-out sentences join the exam."""
+    df = frame.reset_index(drop=True).copy()
+    split = assign_split(df.assign(text=[" ".join(t) for t in df["tokens"]]), test_share)
+    df["slice"] = df["slice"].astype(str) if "slice" in df.columns else batch_id
+    df["batch_id"] = batch_id
+    parts, leaks = remove_leaks(Split(*(df.loc[split.isin(names), COLUMNS].reset_index(drop=True)
+                                        for names in (TRAIN_NAMES, DEV_NAMES, TEST_NAMES))), ws, lineage or [])
+    out = ws.batch_dir(batch_id)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "dev", "test"):
+        getattr(parts, name).to_parquet(out / f"{name}.parquet", index=False)
+    ws.exam_dir.mkdir(parents=True, exist_ok=True)
+    parts.test.to_parquet(ws.exam_dir / f"{batch_id}.parquet", index=False)
+    (out / "manifest.json").write_text(json.dumps({"batch_id": batch_id, "task": "ner", "rows": {
+        n: len(getattr(parts, n)) for n in ("train", "dev", "test")}, "leakage": leaks}, indent=2))
+    return parts, leaks
+
+
+def _frames(ws: Workspace, batch_ids: list[str], part: str) -> pd.DataFrame | None:
+    folder = ws.exam_dir if part == "exam" else None
+    paths = [(folder / f"{b}.parquet") if folder else ws.batch_dir(b) / f"{part}.parquet" for b in batch_ids]
+    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) if paths else None
+
+
+def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
+    from tasks.ner.validate import production_types, validate_ner
+
+    known = production_types(run.reg) if run.champion else None
+    checked = validate_ner(got.frame, run.params.ner, run.params.validate, known_types=known,
+                           parse_error=got.parse_error)
+    run.details["validation"] = checked.to_dict()
+    if not checked.passed:
+        run.details["quarantine"] = str(quarantine_batch(got, checked, run.source, run.ws))
+        return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
+    if checked.dropped:
+        run.details["dropped_rows"] = str(quarantine_rows(got, checked, run.source, run.ws))
+    return checked.kept(got.frame)
+
+
+def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, force: bool) -> Outcome | None:
+    """Drift against the sentences behind production, then the retrain policy: `always`
+    (or no production yet, or --force) retrains; otherwise only a drifted batch does."""
+    from tasks.ner.drift import detect_ner_drift
+    from tasks.ner.model import load_tagger
+
+    champion = load_tagger(run.reg.path(run.champion)) if run.champion else None
+    drift = detect_ner_drift(pd.concat([split.train, split.test], ignore_index=True), _frames(run.ws, lineage, "train"),
+                             run.params.drift, champion=champion, out_dir=run.ws.run_dir(run.run_id),
+                             seed=run.params.train.seed, max_length=run.params.model.max_length)
+    run.details["drift"] = drift.headline()
+    when = run.params.retrain.when
+    if when == "always" or run.champion is None or force or (drift.drifted and when != "quality_drop"):
+        return None
+    return run.outcome("skipped", batch_id, [f"retrain policy {when}: {drift.reason}"])
+
+
+def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
+    from tasks.ner.evaluate import batch_types, evaluate_tagger
+    from tasks.ner.gate import decide_ner
+    from tasks.ner.model import load_tagger
+    from tasks.ner.train import train_tagger
+
+    params = run.params
+    champion_dir = run.reg.checked_path(run.champion) if run.champion else None
+    key = f"{batch_id}-{run.champion or 'base'}-{params_hash(params)}"
+    candidate = train_tagger(champion_dir=champion_dir, train_rows=split.train, out_dir=run.ws.scratch_dir / key,
+                             params=params, dev_rows=split.dev)
+    exam = _frames(run.ws, [b for b in lineage if b != batch_id] + [batch_id], "exam")
+    kw = {"batch_size": params.evaluate.batch_size, "max_length": params.model.max_length,
+          "annotated": batch_types(exam)}
+    cand = evaluate_tagger(load_tagger(candidate.path), exam, batch_id, **kw)
+    champ = evaluate_tagger(load_tagger(champion_dir) if champion_dir else None, exam, batch_id, **kw)
+    decision = decide_ner(cand, champ if run.champion else None, params.gate, params.train.seed)
+    strip = lambda sheet: {k: v for k, v in sheet.items() if k != "rows"}  # noqa: E731
+    run.details.update({"train": candidate.train.to_dict() | {"losses": None}, "new_types": candidate.new_labels,
+                        "gate": decision.to_dict(), "gate_table": decision.markdown(),
+                        "candidate_scores": strip(cand), "champion_scores": strip(champ)})
+    return candidate, strip(cand), decision
+
+
+def register_tagger(reg: Registry, candidate_dir: Path, metadata: dict, reason: str = "gate passed") -> str:
+    """Register, prove the stored copy loads and tags, then move production (as
+    tasks.registry.register_and_promote does for classifiers)."""
+    from tasks.ner.model import load_tagger
+
+    version = reg.register(Path(candidate_dir), metadata)
+    clf = load_tagger(reg.checked_path(version))
+    probe = clf.tokenizer([["ratchet", "smoke", "test"]], is_split_into_words=True, return_tensors="pt")
+    if clf.model(**probe).logits.shape[-1] != len(clf.labels):
+        raise RegistryError(f"registry: {version} does not load into a working tagger")
+    reg.promote(version, reason)
+    return version
+
+
+@task(name="promote", retries=2, retry_delay_seconds=[1, 5])
+def _register_task(reg: Registry, candidate_dir: Path, metadata: dict) -> str:
+    return register_tagger(reg, candidate_dir, metadata)
+
+
+def _promote_stage(run: Run, candidate, sheet: dict, decision, batch_id: str, lineage: list[str]) -> str:
+    metadata = version_metadata(
+        run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source, metrics=sheet,
+        gate=decision.to_dict(), train=candidate.train.to_dict(), run_id=run.run_id, root=run.ws.root,
+        data_hash=record_data(run.ws)) | {"task": "ner"}
+    version = _register_task(run.reg, Path(candidate.path), metadata)
+    run.details["audit"] = record_promotion_task(run.ws, run.params, run.reg, version)
+    mirror = Mirror.from_config(run.params.registry)
+    if mirror:
+        try:
+            run.details["mirror"] = publish_task(run.reg, mirror, version)
+        except (RegistryError, StorageError) as exc:
+            run.details["mirror"] = {"mirror": mirror.uri, "version": version, "error": str(exc),
+                                     "retry": f"ratchet models push {version}"}
+            get_run_logger().warning("S3 mirror not updated: %s", exc)
+    return version
+
+
+def retrain_ner(run: Run, batch: str, force: bool = False) -> dict:
+    """Called by the retrain flow (inside its flow run) when task.type is ner."""
+    from tasks.intake import is_known
+
+    ws, params = run.ws, run.params
+    known = is_known(batch, ws, params.validate.s3_endpoint or None)
+    if known and not force:
+        run.run_id = f"{_stamp()}-{known}"
+        return _finish(run.outcome("skipped", known, [
+            f"batch {known} was already accepted; use --force to train on it again"]), run)
+    got = ner_intake(batch, ws, params.validate.encoding, params.validate.s3_endpoint or None)
+    run.run_id = f"{_stamp()}-{got.batch_id}"
+    checked = _validate_stage(run, got)
+    if isinstance(checked, Outcome):
+        return _finish(checked, run)
+    lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
+    split, leaks = split_ner(checked, got.batch_id, params.intake.test_share, ws, lineage)
+    run.details["leakage"] = leaks
+    settled = _drift_stage(run, split, lineage, got.batch_id, force)
+    if settled:
+        return _finish(settled, run)
+    with promotion_lock(ws.models_dir, params.ops.promote_limit, params.ops.lock_timeout_seconds):
+        lineage, settled = _claim_production(run, got.batch_id, force)
+        if settled:
+            return _finish(settled, run)
+        candidate, sheet, decision = _train_and_judge(run, split, got.batch_id, lineage)
+        try:
+            if not decision.promote:
+                return _finish(run.outcome("rejected", got.batch_id, decision.reasons), run)
+            version = _promote_stage(run, candidate, sheet, decision, got.batch_id, lineage)
+            return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), run)
+        finally:
+            shutil.rmtree(candidate.path, ignore_errors=True)
+
+
+def check_drift(path: Path, ws: Workspace, params, run_id: str):
+    """`ratchet drift FILE` for task.type ner: (validation, drift or None when rejected),
+    against the sentences behind production; writes only reports/<run_id>/."""
+    from tasks.ner.drift import detect_ner_drift
+    from tasks.ner.model import load_tagger
+    from tasks.ner.validate import check_file
+
+    _, checked = check_file(str(path), ws, params)
+    if not checked.passed:
+        return checked, None
+    from tasks.ner.conll import parse_ner_bytes
+
+    frame = checked.kept(parse_ner_bytes(path.read_bytes(), path.name, params.validate.encoding))
+    reg = Registry(ws.models_dir)
+    champion = reg.resolve("production")
+    lineage = reg.metadata(champion)["batch_ids"] if champion else []
+    result = detect_ner_drift(frame, _frames(ws, lineage, "train"), params.drift,
+                              champion=load_tagger(reg.path(champion)) if champion else None,
+                              out_dir=ws.run_dir(run_id), seed=params.train.seed, max_length=params.model.max_length)
+    return checked, result

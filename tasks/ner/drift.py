@@ -1,0 +1,147 @@
+"""Drift of a NER batch against the sentences behind production (`task.type: ner`).
+
+Signals, one row per sentence, tested by Evidently exactly as the classification path
+tests its columns (tasks/column_drift.py): the sentence's entity types (categorical,
+"LOC+PER" or "O"), tokens per sentence, tokenizer coverage under production's tokenizer
+(share of [UNK] pieces, sub-words per word) and the text itself. Beside them: the
+entity-type distribution over mentions (Jensen-Shannon distance of the type shares;
+entity types never seen before fire on their own) and embedding drift of production's
+mean-pooled last layer (Evidently's embedding methods, tasks/embed_drift.py).
+The batch counts as drifted on new types, drifted embeddings, a type-share distance of
+0.1 or more, or at least `drift.drift_share` of the column tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasks.column_drift import ColumnDrift, column_drifts
+from tasks.config import DriftConfig
+from tasks.drift import sample_rows
+from tasks.embed_drift import EmbeddingDrift, coverage, embedding_drift
+from tasks.model import Classifier
+from tasks.ner.tags import spans, types_of
+
+TYPE_SHARE_THRESHOLD = 0.1  # Jensen-Shannon distance (base 2) of mention shares per type
+
+
+@dataclass(frozen=True)
+class NerDrift:
+    drifted: bool
+    signals: list[str]
+    reason: str
+    new_types: list[str]
+    type_shares: dict[str, dict[str, float]]  # reference/current -> type -> share of mentions
+    type_distance: float | None
+    columns: list[ColumnDrift] = field(default_factory=list)
+    embeddings: list[EmbeddingDrift] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    sampled: bool = False  # a side was sampled down to drift.max_*_rows
+    json_path: str | None = None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for col in data["columns"]:
+            col["score"] = col["score"] if math.isfinite(col["score"]) else None
+        return data
+
+    def headline(self) -> dict:
+        # the keys the CLI prints for a classification batch, too (NER has no quality signal yet)
+        return {"drifted": self.drifted, "quality_dropped": False, "sampled": self.sampled,
+                "json_path": self.json_path, "signals": self.signals, "reason": self.reason,
+                "new_types": self.new_types, "type_distance": self.type_distance,
+                "scores": {c.column: c.score for c in self.columns} | {
+                    f"embedding[{e.scope}]": e.score for e in self.embeddings}}
+
+
+def type_shares(frame: pd.DataFrame) -> dict[str, float]:
+    mentions = Counter(kind for tags in frame["tags"] for kind, _, _ in spans(list(tags)))
+    total = sum(mentions.values())
+    return {k: round(v / total, 4) for k, v in sorted(mentions.items())} if total else {}
+
+
+def js_distance(p: dict[str, float], q: dict[str, float]) -> float:
+    from scipy.spatial.distance import jensenshannon
+
+    keys = sorted(set(p) | set(q))
+    if not keys:
+        return 0.0
+    return round(float(jensenshannon([p.get(k, 0.0) for k in keys], [q.get(k, 0.0) for k in keys], base=2)), 4)
+
+
+def signals(frame: pd.DataFrame, clf: Classifier | None) -> pd.DataFrame:
+    """One row per sentence: label (its entity types), text, tokens, and coverage when a model is given."""
+    text = [" ".join(t) for t in frame["tokens"]]
+    out = pd.DataFrame({"label": ["+".join(types_of(g)) or "O" for g in frame["tags"]], "text": text,
+                        "tokens": [float(len(t)) for t in frame["tokens"]]})
+    return out.join(coverage(clf, text)) if clf is not None else out
+
+
+def sentence_embeddings(clf: Classifier, sentences: list[list[str]], *, max_length: int, batch_size: int = 64):
+    """Mean-pooled last hidden layer per sentence (the encoder under the tagging head)."""
+    model, rows = clf.model.eval(), []
+    with torch.inference_mode():
+        for start in range(0, len(sentences), batch_size):
+            enc = clf.tokenizer(sentences[start:start + batch_size], is_split_into_words=True, truncation=True,
+                                max_length=max_length, padding=True, return_tensors="pt")
+            hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            rows.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, model.config.hidden_size), dtype=np.float32)
+
+
+def detect_ner_drift(current: pd.DataFrame, reference: pd.DataFrame | None, cfg: DriftConfig, *,
+                     champion: Classifier | None, out_dir: Path | None, seed: int, max_length: int = 64) -> NerDrift:
+    """Compare a batch's sentences with those behind production; write drift.json (and
+    Evidently's drift.html) to out_dir."""
+    if reference is None or not len(reference):
+        result = NerDrift(True, ["first_batch"], "no reference (first batch): everything is new",
+                          types_of(t for g in current["tags"] for t in g), {"current": type_shares(current)}, None)
+        return _write(result, out_dir, None)
+    cur = sample_rows(current.reset_index(drop=True), cfg.max_current_rows, seed)
+    ref = sample_rows(reference.reset_index(drop=True), cfg.max_reference_rows, seed)
+    shares = {"reference": type_shares(ref), "current": type_shares(cur)}
+    distance = js_distance(shares["reference"], shares["current"])
+    new = sorted(set(types_of(t for g in current["tags"] for t in g)) - set(types_of(t for g in reference["tags"]
+                                                                                        for t in g)))
+    notes: list[str] = []
+    snapshot, _, columns = column_drifts(signals(cur, champion), signals(ref, champion), drift_share=cfg.drift_share,
+                                         notes=notes)
+    embeddings = []
+    if champion is not None:
+        cur_e, ref_e = (sample_rows(f, cfg.max_embed_rows, seed) for f in (cur, ref))
+        emb = [sentence_embeddings(champion, [list(t) for t in f["tokens"]], max_length=max_length)
+               for f in (ref_e, cur_e)]
+        embeddings.append(embedding_drift(*emb, method=cfg.embedding_method, threshold=cfg.embedding_threshold,
+                                          scope="all", min_rows=min(cfg.min_slice_rows, 20)))
+    fired = [c.column for c in columns if c.drifted]
+    share_hit = bool(columns) and len(fired) / len(columns) >= cfg.drift_share
+    why = ([f"new entity types: {', '.join(new)}"] if new else []) + \
+        ([f"entity-type shares moved (JS distance {distance:.3f} >= {TYPE_SHARE_THRESHOLD})"]
+         if distance >= TYPE_SHARE_THRESHOLD else []) + \
+        ([f"{len(fired)} of {len(columns)} column tests drifted ({', '.join(fired)})"] if share_hit else []) + \
+        [f"embeddings drifted ({e.method} {e.score:.3f})" for e in embeddings if e.drifted]
+    sig = (["new_types"] if new else []) + (["type_shares"] if distance >= TYPE_SHARE_THRESHOLD else []) + \
+        (fired if share_hit else []) + [f"embedding[{e.scope}]" for e in embeddings if e.drifted]
+    result = NerDrift(bool(why), sig, "; ".join(why) or f"no drift ({len(fired)} of {len(columns)} column tests)",
+                      new, shares, distance, columns, embeddings, notes,
+                      sampled=len(cur) < len(current) or len(ref) < len(reference))
+    return _write(result, out_dir, snapshot)
+
+
+def _write(result: NerDrift, out_dir: Path | None, snapshot) -> NerDrift:
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = replace(result, json_path=str(out_dir / "drift.json"))
+        (out_dir / "drift.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        if snapshot is not None:
+            snapshot.save_html(str(out_dir / "drift.html"))
+    return result
