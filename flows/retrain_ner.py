@@ -21,34 +21,24 @@ from prefect import get_run_logger, task
 from flows.retrain import Outcome, Run, _claim_production, _finish, _stamp
 from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import params_hash
-from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, batch_id_for, raw_file_name
-from tasks.intake import source_name
+from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split
 from tasks.lock import promotion_lock
 from tasks.quarantine import quarantine_batch, quarantine_rows
 from tasks.registry import Registry, RegistryError
 from tasks.registry_s3 import Mirror, publish_task
-from tasks.storage import StorageError, read_bytes
+from tasks.storage import StorageError
 from tasks.workspace import Workspace
 
 COLUMNS = ["tokens", "tags", "slice", "batch_id"]
 
 
-def ner_intake(source: str, ws: Workspace, encoding: str = "utf-8", endpoint: str | None = None) -> Intake:
-    """Keep the raw bytes under data/batches/<id>/raw/ and parse them (JSONL, Parquet, CoNLL)."""
+def ner_intake(source: str, ws: Workspace, params) -> Intake:
+    """The classification intake (raw bytes kept, intake.max_bytes enforced) with the
+    NER parser (JSONL, Parquet, CoNLL)."""
+    from tasks.intake import intake
     from tasks.ner.conll import parse_ner_bytes
 
-    raw = read_bytes(source, endpoint_url=endpoint)
-    batch_id, name = batch_id_for(raw), source_name(source)
-    raw_dir = ws.batch_dir(batch_id) / "raw"
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    raw_path = raw_dir / raw_file_name(name, batch_id)
-    if not raw_path.exists():
-        raw_path.write_bytes(raw)
-    try:
-        frame = parse_ner_bytes(raw, name, encoding)
-    except Exception as exc:  # any parser failure is a validation verdict, not a crash
-        return Intake(batch_id, raw_path, None, f"{type(exc).__name__}: {exc}")
-    return Intake(batch_id, raw_path, frame, rows=list(range(1, len(frame) + 1)))
+    return intake(source, ws, params.validate, max_bytes=params.intake.max_bytes, parser=parse_ner_bytes)
 
 
 def _sentence_keys(frame: pd.DataFrame | None) -> pd.Series:
@@ -102,6 +92,13 @@ def _frames(ws: Workspace, batch_ids: list[str], part: str) -> pd.DataFrame | No
 def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
     from tasks.ner.validate import production_types, validate_ner
 
+    if got.too_large:  # refused from its size; nothing was read
+        from tasks.validate import too_large
+
+        checked = too_large(got.too_large)
+        run.details["validation"] = checked.to_dict()
+        run.details["quarantine"] = str(quarantine_batch(got, checked, run.source, run.ws))
+        return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
     known = production_types(run.reg) if run.champion else None
     checked = validate_ner(got.frame, run.params.ner, run.params.validate, known_types=known,
                            parse_error=got.parse_error)
@@ -202,7 +199,7 @@ def retrain_ner(run: Run, batch: str, force: bool = False) -> dict:
         run.run_id = f"{_stamp()}-{known}"
         return _finish(run.outcome("skipped", known, [
             f"batch {known} was already accepted; use --force to train on it again"]), run)
-    got = ner_intake(batch, ws, params.validate.encoding, params.validate.s3_endpoint or None)
+    got = ner_intake(batch, ws, params)
     run.run_id = f"{_stamp()}-{got.batch_id}"
     checked = _validate_stage(run, got)
     if isinstance(checked, Outcome):

@@ -18,6 +18,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -92,11 +93,13 @@ def batch_id_of(source: str | Path, endpoint_url: str | None = None) -> str:
     return "b-" + sha256_of(source, endpoint_url=endpoint_url)[:12]
 
 
-def intake(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None, max_bytes: int = 0) -> Intake:
+def intake(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None, max_bytes: int = 0,
+           parser: Callable[[bytes, str, str], pd.DataFrame] | None = None) -> Intake:
     """Keep the raw bytes (local path or s3:// URI) under data/batches/<id>/raw/ and parse them.
     A file over `max_bytes` (intake.max_bytes) is refused from its size (stat / S3 HEAD)
     before anything reads it into memory: its id comes from a streaming hash, and neither
-    its bytes nor a table are kept (`too_large` says why)."""
+    its bytes nor a table are kept (`too_large` says why). `parser(raw, name, encoding)`
+    replaces the text/label table parser (the NER path passes its own)."""
     cfg = cfg or ValidateConfig()
     endpoint = cfg.s3_endpoint or None
     too_large = size_problem(size_of(source, endpoint_url=endpoint), max_bytes)
@@ -114,6 +117,9 @@ def intake(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None,
     if not raw_path.exists():
         raw_path.write_bytes(raw)
     try:
+        if parser is not None:
+            frame = parser(raw, name, cfg.encoding)
+            return Intake(batch_id, raw_path, frame, rows=list(range(1, len(frame) + 1)))
         table = parse_table(raw, name, cfg.encoding)
     except Exception as exc:  # any parser failure is a validation verdict, not a crash
         return Intake(batch_id, raw_path, None, f"{type(exc).__name__}: {exc}")

@@ -54,20 +54,23 @@ def tiny_config(vocab_size: int, labels: list[str]) -> BertConfig:
     )
 
 
-def load_base(base: str, labels: list[str], seed: int) -> Classifier:
-    """A fresh classifier over `labels` on top of a base encoder ("minilm", "tiny" or a path).
-
-    The classification head is new, so its initialisation is seeded."""
+def load_base(base: str, labels: list[str], seed: int, tiny_cls=BertForSequenceClassification,
+              auto_cls=AutoModelForSequenceClassification) -> Classifier:
+    """A fresh model over `labels` on top of a base encoder ("minilm", "tiny" or a path):
+    a sentence classifier, or whatever head `tiny_cls` / `auto_cls` put on it (the NER
+    tagger passes the token-classification pair). The head is new, so its
+    initialisation is seeded."""
     path = minilm_path() if base in ("minilm", "tiny") else Path(base)
     if not path.exists():
         raise FileNotFoundError(f"model.base: no model directory at {path}")
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if base == "tiny":
-        model = BertForSequenceClassification(tiny_config(len(tokenizer), labels))
+        model = tiny_cls(tiny_config(len(tokenizer), labels))
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **_label_kwargs(labels))
-    model.config.problem_type = "single_label_classification"
+        model = auto_cls.from_pretrained(path, **_label_kwargs(labels))
+    if auto_cls is AutoModelForSequenceClassification:
+        model.config.problem_type = "single_label_classification"
     return Classifier(model, tokenizer)
 
 

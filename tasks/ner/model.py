@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer, BertForTokenClassification
 
-from tasks.model import Classifier, _label_kwargs, grow_head, minilm_path, save_classifier, tiny_config  # noqa: F401
+from tasks.model import Classifier, grow_head, load_base
 from tasks.ner.tags import labels_for, types_of
 
 IGNORE = -100
@@ -24,16 +23,7 @@ IGNORE = -100
 
 def load_base_tagger(base: str, labels: list[str], seed: int) -> Classifier:
     """A fresh tagger over `labels` on a base encoder ("minilm", "tiny" or a path); the head is seeded."""
-    path = minilm_path() if base in ("minilm", "tiny") else Path(base)
-    if not path.exists():
-        raise FileNotFoundError(f"model.base: no model directory at {path}")
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if base == "tiny":
-        model = BertForTokenClassification(tiny_config(len(tokenizer), labels))
-    else:
-        model = AutoModelForTokenClassification.from_pretrained(path, **_label_kwargs(labels))
-    return Classifier(model, tokenizer)
+    return load_base(base, labels, seed, BertForTokenClassification, AutoModelForTokenClassification)
 
 
 def load_tagger(path: str | Path) -> Classifier:

@@ -74,6 +74,19 @@ def test_malformed_ner_batch_is_quarantined(ner_run):
     assert (ws / "data" / "quarantine" / outcome["batch_id"] / "report.html").exists()
 
 
+def test_ner_batch_over_max_bytes_is_refused_unread(ner_run):
+    ws, root, _ = ner_run
+    from conftest import toy_ner_frame
+
+    big = root / "big.jsonl"
+    big.write_text(to_jsonl(toy_ner_frame(["PER"], sentences=40, seed=6)))
+    before = Registry(ws / "models").aliases()
+    outcome = retrain(batch=str(big), workspace=str(ws), overrides={"intake.max_bytes": 100})
+    assert outcome["status"] == "quarantined" and outcome["exit_code"] == 4
+    assert any("intake.max_bytes" in r or "bytes" in r for r in outcome["reasons"]), outcome["reasons"]
+    assert Registry(ws / "models").aliases() == before
+
+
 def test_same_ner_file_again_is_skipped(ner_run):
     ws, root, outcomes = ner_run
     again = retrain(batch=str(root / "a.jsonl"), workspace=str(ws))
