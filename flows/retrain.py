@@ -128,17 +128,25 @@ def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
     exam removed; the counts are in the decision's details.validation.counts."""
     params = run.params
     if got.too_large:  # refused from its size; nothing was read
-        checked = too_large(got.too_large)
-        run.details["validation"] = checked.to_dict()
-        run.details["quarantine"] = str(quarantine_batch(got, checked, run.source, run.ws))
-        return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
+        return _quarantine(run, got, too_large(got.too_large))
     context = load_context(run.ws, params, got.batch_id) if got.frame is not None else None
     checked = validate_task(got.frame, params.validate, got.parse_error, labels=params.labels,
                             context=context, rows=got.rows, malformed=got.malformed)
+    return _verdict(run, got, checked)
+
+
+def _quarantine(run: Run, got: Intake, checked) -> Outcome:
+    """A rejected batch: its raw bytes and the report go to the quarantine; the run is settled."""
     run.details["validation"] = checked.to_dict()
+    run.details["quarantine"] = str(quarantine_batch(got, checked, run.source, run.ws))
+    return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
+
+
+def _verdict(run: Run, got: Intake, checked) -> Outcome | pd.DataFrame:
+    """The rows that go on after validation (either task type), or the quarantine."""
     if not checked.passed:
-        run.details["quarantine"] = str(quarantine_batch(got, checked, run.source, run.ws))
-        return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
+        return _quarantine(run, got, checked)
+    run.details["validation"] = checked.to_dict()
     if checked.dropped:
         run.details["dropped_rows"] = str(quarantine_rows(got, checked, run.source, run.ws))
     return checked.kept(got.frame)

@@ -18,12 +18,11 @@ from pathlib import Path
 import pandas as pd
 from prefect import get_run_logger, task
 
-from flows.retrain import Outcome, Run, _claim_production, _finish, _stamp
+from flows.retrain import Outcome, Run, _claim_production, _finish, _quarantine, _stamp, _verdict
 from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import params_hash
 from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split
 from tasks.lock import promotion_lock
-from tasks.quarantine import quarantine_batch, quarantine_rows
 from tasks.registry import Registry, RegistryError
 from tasks.registry_s3 import Mirror, publish_task
 from tasks.storage import StorageError
@@ -95,20 +94,11 @@ def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
     if got.too_large:  # refused from its size; nothing was read
         from tasks.validate import too_large
 
-        checked = too_large(got.too_large)
-        run.details["validation"] = checked.to_dict()
-        run.details["quarantine"] = str(quarantine_batch(got, checked, run.source, run.ws))
-        return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
+        return _quarantine(run, got, too_large(got.too_large))
     known = production_types(run.reg) if run.champion else None
     checked = validate_ner(got.frame, run.params.ner, run.params.validate, known_types=known,
                            parse_error=got.parse_error)
-    run.details["validation"] = checked.to_dict()
-    if not checked.passed:
-        run.details["quarantine"] = str(quarantine_batch(got, checked, run.source, run.ws))
-        return run.outcome("quarantined", got.batch_id, checked.summary().splitlines())
-    if checked.dropped:
-        run.details["dropped_rows"] = str(quarantine_rows(got, checked, run.source, run.ws))
-    return checked.kept(got.frame)
+    return _verdict(run, got, checked)
 
 
 def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, force: bool) -> Outcome | None:
