@@ -11,7 +11,6 @@ yet: pending batches of the retrain policy and the accuracy matrix.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from prefect import get_run_logger, task
 from flows.retrain import Outcome, Run, _claim_production, _finish, _quarantine, _stamp, _verdict
 from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import params_hash
-from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split
+from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, store_split
 from tasks.lock import promotion_lock
-from tasks.registry import Registry, RegistryError
+from tasks.registry import Registry, RegistryError, register_and_promote
 from tasks.registry_s3 import Mirror, publish_task
 from tasks.storage import StorageError
 from tasks.workspace import Workspace
@@ -71,14 +70,7 @@ def split_ner(frame: pd.DataFrame, batch_id: str, test_share: float, ws: Workspa
     df["batch_id"] = batch_id
     parts, leaks = remove_leaks(Split(*(df.loc[split.isin(names), COLUMNS].reset_index(drop=True)
                                         for names in (TRAIN_NAMES, DEV_NAMES, TEST_NAMES))), ws, lineage or [])
-    out = ws.batch_dir(batch_id)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("train", "dev", "test"):
-        getattr(parts, name).to_parquet(out / f"{name}.parquet", index=False)
-    ws.exam_dir.mkdir(parents=True, exist_ok=True)
-    parts.test.to_parquet(ws.exam_dir / f"{batch_id}.parquet", index=False)
-    (out / "manifest.json").write_text(json.dumps({"batch_id": batch_id, "task": "ner", "rows": {
-        n: len(getattr(parts, n)) for n in ("train", "dev", "test")}, "leakage": leaks}, indent=2))
+    store_split(parts, batch_id, ws, task="ner", leakage=leaks)
     return parts, leaks
 
 
@@ -142,23 +134,18 @@ def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
     return candidate, strip(cand), decision
 
 
-def register_tagger(reg: Registry, candidate_dir: Path, metadata: dict, reason: str = "gate passed") -> str:
-    """Register, prove the stored copy loads and tags, then move production (as
-    tasks.registry.register_and_promote does for classifiers)."""
+def tagger_works(path: Path) -> str | None:
+    """Load a stored tagger and tag once; None when it works (registry.register_and_promote's check)."""
     from tasks.ner.model import load_tagger
 
-    version = reg.register(Path(candidate_dir), metadata)
-    clf = load_tagger(reg.checked_path(version))
+    clf = load_tagger(path)
     probe = clf.tokenizer([["ratchet", "smoke", "test"]], is_split_into_words=True, return_tensors="pt")
-    if clf.model(**probe).logits.shape[-1] != len(clf.labels):
-        raise RegistryError(f"registry: {version} does not load into a working tagger")
-    reg.promote(version, reason)
-    return version
+    return None if clf.model(**probe).logits.shape[-1] == len(clf.labels) else "a working tagger"
 
 
 @task(name="promote", retries=2, retry_delay_seconds=[1, 5])
 def _register_task(reg: Registry, candidate_dir: Path, metadata: dict) -> str:
-    return register_tagger(reg, candidate_dir, metadata)
+    return register_and_promote(reg, candidate_dir, metadata, works=tagger_works)
 
 
 def _promote_stage(run: Run, candidate, sheet: dict, decision, batch_id: str, lineage: list[str]) -> str:

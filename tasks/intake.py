@@ -158,8 +158,9 @@ def split_batch(frame: pd.DataFrame, batch_id: str, test_share: float) -> Split:
     )
 
 
-def store_split(split: Split, batch_id: str, ws: Workspace) -> None:
-    """Write the batch's parts and add its held-out rows to the exam."""
+def store_split(split: Split, batch_id: str, ws: Workspace, **manifest) -> None:
+    """Write the batch's parts and add its held-out rows to the exam; `manifest` adds keys
+    to manifest.json (the NER path records its task and leakage counts)."""
     out = ws.batch_dir(batch_id)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("train", "dev", "test"):
@@ -167,7 +168,7 @@ def store_split(split: Split, batch_id: str, ws: Workspace) -> None:
     ws.exam_dir.mkdir(parents=True, exist_ok=True)
     split.test.to_parquet(ws.exam_dir / f"{batch_id}.parquet", index=False)
     counts = {name: len(getattr(split, name)) for name in ("train", "dev", "test")}
-    (out / "manifest.json").write_text(json.dumps({"batch_id": batch_id, "rows": counts}, indent=2))
+    (out / "manifest.json").write_text(json.dumps({"batch_id": batch_id, "rows": counts, **manifest}, indent=2))
 
 
 def load_split(batch_id: str, ws: Workspace) -> Split:

@@ -295,20 +295,27 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def register_and_promote(registry: Registry, candidate_dir: Path, metadata: dict,
-                         reason: str = "gate passed") -> str:
-    """Register a candidate, prove the stored copy is intact, loads and predicts, then
-    move production to it. A version that fails any of these is never pointed at."""
+def classifier_works(path: Path) -> str | None:
+    """Load a stored sentence classifier and predict once; None when it works, else what it is."""
     from tasks.model import load_classifier
 
+    clf = load_classifier(path)
+    probe = clf.tokenizer(["ratchet smoke test"], return_tensors="pt")
+    return None if clf.model(**probe).logits.shape[-1] == len(clf.labels) else "a working classifier"
+
+
+def register_and_promote(registry: Registry, candidate_dir: Path, metadata: dict,
+                         reason: str = "gate passed", works=classifier_works) -> str:
+    """Register a candidate, prove the stored copy is intact, loads and predicts (`works`:
+    the task type's smoke test), then move production to it. A version that fails any of
+    these is never pointed at; a version a killed run registered is promoted, not copied."""
     orphan = registry.find_unpromoted(Path(candidate_dir), metadata)
     if orphan:
         reason += f" (completing the promotion of {orphan}, interrupted after it was registered)"
     version = orphan or registry.register(Path(candidate_dir), metadata)
-    clf = load_classifier(registry.checked_path(version))
-    probe = clf.tokenizer(["ratchet smoke test"], return_tensors="pt")
-    if clf.model(**probe).logits.shape[-1] != len(clf.labels):
-        raise RegistryError(f"registry: {version} does not load into a working classifier")
+    broken = works(registry.checked_path(version))
+    if broken:
+        raise RegistryError(f"registry: {version} does not load into {broken}")
     registry.promote(version, reason)
     return version
 
