@@ -10,6 +10,10 @@ left out here (their cost is measured by benchmarks/overhead.py).
 After each batch the production model is scored on every batch's held-out rows, the
 future ones included, to fill one row of the accuracy matrix. A batch whose labels the
 model does not have scores exactly 0 without running it.
+
+A model answers each held-out set once: its predictions are kept per batch (`Answers`),
+so the champion, which answered the old slices as the previous candidate, is only run on
+the new batch's rows. The flow, which starts afresh for every batch, runs it on all of them.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import torch
 from benchmarks.metrics import stream_scores
 from benchmarks.streams import Batch
 from tasks.config import Params
-from tasks.evaluate import evaluate
+from tasks.evaluate import evaluate, predict, sheets
 from tasks.finetune import train_candidate
 from tasks.gate import decide
-from tasks.model import Classifier, load_classifier
+from tasks.model import Classifier, count_truncated, load_classifier
 
 
 @dataclass
@@ -90,39 +94,60 @@ def matrix_row(clf: Classifier, known: dict, batches: list[Batch], params: Param
     return [float(scored.get(b.name, 0.0)) for b in batches]
 
 
+class Answers:
+    """Each model's predictions on each batch's held-out rows, keyed by the model's folder."""
+
+    def __init__(self, params: Params):
+        self.by_model: dict[str, dict[str, list[str]]] = {}
+        self.ev = {"batch_size": params.evaluate.batch_size, "max_length": params.model.max_length}
+
+    def evaluate(self, path: str, clf: Classifier, batches: list[Batch], new_name: str) -> dict:
+        """`tasks.evaluate.evaluate` on the exam of `batches`, predicting only what is new."""
+        known = self.by_model.setdefault(path, {})
+        for b in batches:
+            if b.name not in known:
+                known[b.name] = predict(clf, list(b.test["text"]), **self.ev)
+        exam = _exam(batches)
+        truncated = count_truncated(clf.tokenizer, list(exam["text"]), self.ev["max_length"])
+        return sheets(exam, [p for b in batches for p in known[b.name]], new_name, truncated)
+
+    def forget(self, path: str | None) -> None:
+        self.by_model.pop(path, None)
+        if path:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: str = "enforce") -> StrategyRun:
     """The stream batch by batch; the gate decides (or, when advisory, only counts)."""
     run, started = StrategyRun(matrix=[]), time.perf_counter()
     champion: str | None = None
     accepted: list[Batch] = []
-    ev = {"batch_size": params.evaluate.batch_size, "max_length": params.model.max_length}
+    answers = Answers(params)
     for i, batch in enumerate(batches):
         cand = _train(champion, batch.train, batch.split.dev, workdir / f"candidate-{i:02d}", params)
-        exam = _exam(accepted + [batch])
+        exam = accepted + [batch]
         cand_clf = load_classifier(cand.path)
-        cand_sheet = evaluate(cand_clf, exam, batch.name, **ev)
+        cand_sheet = answers.evaluate(cand.path, cand_clf, exam, batch.name)
         champ_clf = load_classifier(champion) if champion else None
-        champ_sheet = evaluate(champ_clf, exam, batch.name, **ev) if champion else None
+        champ_sheet = answers.evaluate(champion, champ_clf, exam, batch.name) if champion else None
         decision = decide(cand_sheet, champ_sheet, params.gate, params.train.seed)
         run.promotions += decision.promote
         run.rejections += not decision.promote
         run.samples += cand.train.samples
         run.train_s += cand.train.seconds
         if decision.promote or gate == "advisory":
-            if champion:
-                shutil.rmtree(champion, ignore_errors=True)
+            answers.forget(champion)
             champion, prod, sheet = cand.path, cand_clf, cand_sheet
             accepted.append(batch)
         else:
-            shutil.rmtree(cand.path, ignore_errors=True)
+            answers.forget(cand.path)
             prod, sheet = champ_clf, champ_sheet
         known = {name: s["accuracy"] for name, s in sheet["all"]["batches"].items()} if sheet else {}
         run.matrix.append(matrix_row(prod, known, batches, params) if prod else [0.0] * len(batches))
         run.batches.append({"batch": batch.name, "promoted": decision.promote, "reasons": decision.reasons[:3],
                             "new_rows": cand.train.new_rows, "replay_rows": cand.train.replay_rows,
                             "train_samples": cand.train.samples, "train_s": cand.train.seconds})
-    if champion:
-        shutil.rmtree(champion, ignore_errors=True)
+    answers.forget(champion)
     run.wall_s = time.perf_counter() - started
     run.peak_mem_mb = peak_mem_mb()
     return run

@@ -3,7 +3,8 @@
     python -m benchmarks.report                  # small-scale results into README.md
     python -m benchmarks.report --scale full
 
-Reads benchmarks/results/continual_<stream>_<scale>.json and overhead.json and replaces
+Reads benchmarks/results/continual_<stream>_<scale>.json, overhead.json and
+ner_conll2003_<scale>.json (when present) and replaces
 everything between the `<!-- benchmarks:start -->` and `<!-- benchmarks:end -->`
 markers of README.md (the section is appended when the markers are absent).
 """
@@ -35,6 +36,8 @@ def stream_table(doc: dict) -> list[str]:
     each = (s.get("retrain_each") or {}).get("samples")
     m = doc.get("machine", {})
     load = f"load {m.get('load_avg_1m_at_start', '?')} → {m.get('load_avg_1m_at_end', '?')}"
+    if m.get("jobs", 1) > 1:
+        load += f"; {m['jobs']} strategies at a time, {m.get('torch_threads')} torch thread(s) each"
     partial = " — PARTIAL: stopped before every strategy ran" if doc.get("partial") else ""
     lines = [f"**{doc['stream']}**{partial} ({doc['scale']}; {doc['date']}; {m.get('cpus')} CPUs, torch {m.get('torch')}, "
              f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}, {load}) — `{doc['command']}`", "",
@@ -104,6 +107,34 @@ def overhead_table(doc: dict) -> list[str]:
     return lines + [""]
 
 
+def ner_table(doc: dict) -> list[str]:
+    """CoNLL-2003: the stream stage by stage and joint training, entity-level F1 on test."""
+    m = doc.get("machine", {})
+    partial = " — PARTIAL: stopped before every stage ran" if not doc.get("complete", True) else ""
+    lines = [f"**CoNLL-2003 (NER)**{partial} ({doc['scale']}; {doc['date']}; {doc['train_sentences']:,} train / "
+             f"{doc['test_sentences']:,} test sentences; {m.get('cpus')} CPUs, "
+             f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}) — `{doc['command']}`", "",
+             "| model | types annotated | train sentences (+ replayed) | train s | test micro F1 | macro F1 | "
+             "F1 per type |", "|---|---|---|---|---|---|---|"]
+
+    def per_type(test: dict) -> str:
+        return ", ".join(f"{k} {v:.3f}" for k, v in sorted(test["per_type_f1"].items()))
+
+    for st in (doc.get("stream") or {}).get("stages", []):
+        lines.append(f"| stream stage {st['stage']} (+{'+'.join(st['new_types'])}) | {'+'.join(st['types_so_far'])} | "
+                     f"{st['train_sentences']:,} (+{st['replayed']:,}) | {st['train_seconds']:,.0f} | "
+                     f"{st['test']['f1']:.3f} | {st['test']['macro_f1']:.3f} | {per_type(st['test'])} |")
+    joint = doc.get("joint")
+    if joint:
+        lines.append(f"| joint | all four | {joint['train_sentences']:,} | {joint['train_seconds']:,.0f} | "
+                     f"{joint['test']['f1']:.3f} | {joint['test']['macro_f1']:.3f} | {per_type(joint['test'])} |")
+    ref = doc.get("reference", {})
+    if ref:
+        lines += ["", f"For scale: BERT-base, 110M parameters, all 14,041 training sentences: "
+                      f"{ref['bert_base_test_f1']} test F1 ({ref['source']})."]
+    return lines + [""]
+
+
 def section(results: Path, scale: str) -> str:
     docs = {n: json.loads(p.read_text()) for n in STREAMS if (p := results / f"continual_{n}_{scale}.json").exists()}
     overhead = json.loads((results / "overhead.json").read_text()) if (results / "overhead.json").exists() else None
@@ -122,6 +153,9 @@ def section(results: Path, scale: str) -> str:
                   else stream_table(doc))
     if overhead:
         lines += overhead_table(overhead)
+    ner = results / f"ner_conll2003_{scale}.json"
+    if ner.exists():
+        lines += ner_table(json.loads(ner.read_text()))
     return "\n".join(lines + [END])
 
 

@@ -84,16 +84,22 @@ def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *,
     than `max_length` tokens and judged on their truncated start. `clf` None = no model yet."""
     exam = exam.reset_index(drop=True)
     if clf is None or exam.empty:
-        pred = pd.Series([""] * len(exam), index=exam.index, dtype=str)
-    else:
-        pred = pd.Series(predict(clf, list(exam["text"]), batch_size=batch_size, max_length=max_length),
-                         index=exam.index)
+        return sheets(exam, [""] * len(exam), new_batch_id, truncated=0)
+    texts = list(exam["text"])
+    return sheets(exam, predict(clf, texts, batch_size=batch_size, max_length=max_length), new_batch_id,
+                  truncated=count_truncated(clf.tokenizer, texts, max_length))
+
+
+def sheets(exam: pd.DataFrame, predicted: list[str], new_batch_id: str, truncated: int) -> dict:
+    """`evaluate`'s result from predictions already made (one per exam row, in order)."""
+    exam = exam.reset_index(drop=True)
+    pred = pd.Series(predicted, index=exam.index, dtype=str)
     is_new = exam["batch_id"] == new_batch_id
     return {
         "all": sheet(exam, pred),
         "old": sheet(exam[~is_new], pred[~is_new]) if (~is_new).any() else None,
         "new": sheet(exam[is_new], pred[is_new]),
-        "truncated_texts": 0 if clf is None else count_truncated(clf.tokenizer, list(exam["text"]), max_length),
+        "truncated_texts": truncated,
         # per-row outcomes in exam order: the gate pairs candidate and champion on them
         "rows": {"slice": exam["slice"].astype(str).tolist(), "is_new": is_new.tolist(),
                  "correct": (exam["label"].astype(str).values == pred.astype(str).values).astype(int).tolist()},

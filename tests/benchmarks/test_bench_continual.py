@@ -146,3 +146,28 @@ def test_cli_writes_json_with_its_command(tmp_path):
     assert doc["command"].startswith("python -m benchmarks.continual --stream clinc150")
     assert set(doc["strategies"]) == {"naive", "joint", "retrain_each"}
     assert [b["train"] for b in doc["stream_info"]["batches"]] == [45, 45]
+
+
+def test_two_strategies_at_a_time_in_their_own_processes(tmp_path):
+    argv = ["--stream", "clinc150", "--caps", "3,1,2", "--batches", "2", "--strategies", "joint,naive",
+            "--set", "model.base=tiny", "--set", "train.epochs=1", "--out", str(tmp_path), "--jobs", "2",
+            "--no-plots"]
+    [path] = main(argv)
+    doc = json.loads(path.read_text())
+    assert doc["machine"]["jobs"] == 2 and doc["machine"]["torch_threads"] >= 1
+    # the plan's order (naive before joint), whichever finished first
+    assert list(doc["strategies"]) == ["naive", "joint", "retrain_each"]
+    assert doc["strategies"]["naive"]["peak_mem_mb"] > 0
+
+
+def test_the_scale_says_which_strategies_it_left_out(tmp_path, monkeypatch):
+    import benchmarks.continual as continual
+
+    monkeypatch.setitem(continual.SCALES["small"]["strategies"], "clinc150", ["naive"])
+    argv = ["--stream", "clinc150", "--caps", "3,1,2", "--batches", "2", "--set", "model.base=tiny",
+            "--set", "train.epochs=1", "--out", str(tmp_path), "--no-isolate", "--no-plots"]
+    [path] = main(argv)
+    doc = json.loads(path.read_text())
+    assert set(doc["strategies"]) == {"naive", "retrain_each"}
+    assert "not run at --scale small" in doc["skipped"]["joint"]
+    assert "--strategies joint" in doc["skipped"]["joint"]
