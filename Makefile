@@ -69,7 +69,7 @@ BENCH_SCALE ?= small
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.continual --scale $(BENCH_SCALE)
 	$(BIN)/python -m benchmarks.overhead
-	$(BIN)/python -m benchmarks.ner_bench --scale $(BENCH_SCALE)
+	$(BIN)/python -m benchmarks.ner_bench --scale $(BENCH_SCALE) --jobs 2
 	$(BIN)/python -m benchmarks.report --scale $(BENCH_SCALE)
 
 clean:

@@ -111,6 +111,22 @@ def run_stream(train: pd.DataFrame, test: pd.DataFrame, params, work: Path, seed
     return {"stages": stages, "final_test_f1": stages[-1]["test"]["f1"]}
 
 
+def run_mode(mode: str, train: pd.DataFrame, test: pd.DataFrame, params, work: str, seed: int,
+             threads: int | None = None, progress=lambda stages: None) -> dict:
+    """One mode, timed; in its own process when the modes run side by side."""
+    from flows.cli import offline_env
+
+    offline_env()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    out = (run_stream(train, test, params, Path(work), seed, progress=progress) if mode == "stream"
+           else run_joint(train, test, params, Path(work)))
+    return out | {"wall_seconds": round(time.perf_counter() - started, 1)}
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ner_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--scale", default="small", choices=sorted(SCALES))
@@ -120,6 +136,8 @@ def parse_args(argv):
     ap.add_argument("--train", type=int, default=None, help="train sentences (0 = all; default: the scale's)")
     ap.add_argument("--test", type=int, default=None, help="test sentences (0 = all; default: the scale's)")
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="2 = stream and joint side by side, one process and cpus//2 torch threads each")
     ap.add_argument("--out", type=Path, default=RESULTS)
     return ap.parse_args(argv)
 
@@ -153,17 +171,28 @@ def main(argv: list[str] | None = None) -> Path | None:
     def write(partial: bool) -> None:  # after every stage: a run cut short keeps its numbers
         out.write_text(json.dumps(doc | {"complete": not partial}, indent=2))
 
+    modes = args.modes.split(",")
     with tempfile.TemporaryDirectory(prefix="ner-bench-") as tmp:
-        for mode in args.modes.split(","):
-            started = time.perf_counter()
-            if mode == "stream":
-                doc[mode] = run_stream(train, test, params, Path(tmp), args.seed,
-                                       progress=lambda stages: (doc.update(stream={"stages": stages}), write(True)))
-            else:
-                doc[mode] = run_joint(train, test, params, Path(tmp))
-            doc[mode]["wall_seconds"] = round(time.perf_counter() - started, 1)
-            print(json.dumps({mode: doc[mode]}), flush=True)
-            write(True)
+        if args.jobs > 1 and len(modes) > 1:
+            import concurrent.futures as cf
+            import multiprocessing
+            import os
+
+            threads = max(1, (os.cpu_count() or 1) // args.jobs)
+            doc["machine"] |= {"jobs": args.jobs, "torch_threads": threads}
+            with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                        max_tasks_per_child=1) as pool:
+                running = {pool.submit(run_mode, m, train, test, params, tmp, args.seed, threads): m for m in modes}
+                for fut in cf.as_completed(running):
+                    doc[running[fut]] = fut.result()
+                    print(json.dumps({running[fut]: doc[running[fut]]}), flush=True)
+                    write(True)
+        else:
+            for mode in modes:
+                doc[mode] = run_mode(mode, train, test, params, tmp, args.seed, progress=lambda stages: (
+                    doc.update(stream={"stages": stages}), write(True)))
+                print(json.dumps({mode: doc[mode]}), flush=True)
+                write(True)
     write(False)
     print(out)
     return out

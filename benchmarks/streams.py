@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from tasks.intake import Split, split_batch
 
 REPO = Path(__file__).resolve().parent.parent
 BANKING_DIR = REPO / "datasets" / "banking77"
-SHARED_DATA = REPO.parent / "shared" / "data"
+# the datasets that may not be shipped: ../shared/data beside the checkout, or RATCHET_SHARED_DATA
+SHARED_DATA = Path(os.environ.get("RATCHET_SHARED_DATA") or REPO.parent / "shared" / "data")
 FPB_LEVELS = [("all_agree", "AllAgree"), ("agree_75", "75Agree"), ("agree_66", "66Agree"), ("agree_50", "50Agree")]
 
 

@@ -5,8 +5,8 @@ intake -> validate -> (quarantine | split) -> drift -> finetune -> evaluate -> g
 The same shape, outcomes, exit codes and decision JSON as flows/retrain.py, which hands
 a run over to `retrain_ner` when params.yaml says `task.type: ner`; each stage is a
 function from tasks/ner/ (or a generic one: batch ids, quarantine, promotion lock,
-registry, DVC recording, S3 mirror). Not carried over from the classification flow
-yet: pending batches of the retrain policy and the accuracy matrix.
+registry, DVC recording, S3 mirror, the retrain policy and its pending batches). Not
+carried over from the classification flow yet: the accuracy matrix.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import params_hash
 from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, store_split
 from tasks.lock import promotion_lock
+from tasks.policy import add_pending, clear_pending, decide, load_pending
 from tasks.registry import Registry, RegistryError, register_and_promote
 from tasks.registry_s3 import Mirror, publish_task
 from tasks.storage import StorageError
@@ -93,21 +94,33 @@ def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
     return _verdict(run, got, checked)
 
 
-def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, force: bool) -> Outcome | None:
-    """Drift against the sentences behind production, then the retrain policy: `always`
-    (or no production yet, or --force) retrains; otherwise only a drifted batch does."""
+def recorded_f1(metadata: dict) -> float | None:
+    """Production's micro F1 on its own exam when it was promoted (the quality baseline)."""
+    return ((metadata.get("metrics") or {}).get("overall") or {}).get("f1")
+
+
+def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, force: bool,
+                 waiting: int = 0) -> Outcome | None:
+    """Drift against the sentences behind production (and pending batches), then the
+    retrain policy (tasks/policy.py, as for text batches): a batch it turns down is
+    skipped (exit 5) but kept pending, and the next retrain trains on its sentences."""
     from tasks.ner.drift import detect_ner_drift
     from tasks.ner.model import load_tagger
 
+    meta = run.reg.metadata(run.champion) if run.champion else {}
     champion = load_tagger(run.reg.path(run.champion)) if run.champion else None
     drift = detect_ner_drift(pd.concat([split.train, split.test], ignore_index=True), _frames(run.ws, lineage, "train"),
                              run.params.drift, champion=champion, out_dir=run.ws.run_dir(run.run_id),
-                             seed=run.params.train.seed, max_length=run.params.model.max_length)
+                             seed=run.params.train.seed, max_length=run.params.model.max_length,
+                             recorded_f1=recorded_f1(meta))
     run.details["drift"] = drift.headline()
-    when = run.params.retrain.when
-    if when == "always" or run.champion is None or force or (drift.drifted and when != "quality_drop"):
+    policy = decide(drift, run.params.retrain, has_champion=run.champion is not None, force=force,
+                    waiting_rows=waiting + len(split.train), champion_created_at=meta.get("created_at"))
+    run.details["policy"] = policy.to_dict()
+    if policy.retrain:
         return None
-    return run.outcome("skipped", batch_id, [f"retrain policy {when}: {drift.reason}"])
+    run.details["pending"] = add_pending(run.ws.data_dir, batch_id)
+    return run.outcome("skipped", batch_id, [policy.reason, drift.reason])
 
 
 def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
@@ -182,20 +195,28 @@ def retrain_ner(run: Run, batch: str, force: bool = False) -> dict:
     if isinstance(checked, Outcome):
         return _finish(checked, run)
     lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
+    # batches the policy skipped earlier join the reference, the training sentences and the lineage
+    pending = [b for b in load_pending(ws.data_dir) if b not in lineage and b != got.batch_id]
+    lineage = lineage + pending
     split, leaks = split_ner(checked, got.batch_id, params.intake.test_share, ws, lineage)
     run.details["leakage"] = leaks
-    settled = _drift_stage(run, split, lineage, got.batch_id, force)
+    waiting = _frames(ws, pending, "train")
+    settled = _drift_stage(run, split, lineage, got.batch_id, force, 0 if waiting is None else len(waiting))
     if settled:
         return _finish(settled, run)
+    if waiting is not None:
+        split = Split(pd.concat([waiting, split.train], ignore_index=True), split.dev, split.test)
     with promotion_lock(ws.models_dir, params.ops.promote_limit, params.ops.lock_timeout_seconds):
         lineage, settled = _claim_production(run, got.batch_id, force)
         if settled:
             return _finish(settled, run)
+        lineage = lineage + [b for b in pending if b not in lineage]
         candidate, sheet, decision = _train_and_judge(run, split, got.batch_id, lineage)
         try:
             if not decision.promote:
                 return _finish(run.outcome("rejected", got.batch_id, decision.reasons), run)
             version = _promote_stage(run, candidate, sheet, decision, got.batch_id, lineage)
+            clear_pending(ws.data_dir, [*lineage, got.batch_id])
             return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), run)
         finally:
             shutil.rmtree(candidate.path, ignore_errors=True)
@@ -216,8 +237,10 @@ def check_drift(path: Path, ws: Workspace, params, run_id: str):
     frame = checked.kept(parse_ner_bytes(path.read_bytes(), path.name, params.validate.encoding))
     reg = Registry(ws.models_dir)
     champion = reg.resolve("production")
-    lineage = reg.metadata(champion)["batch_ids"] if champion else []
+    meta = reg.metadata(champion) if champion else {}
+    lineage = meta.get("batch_ids", [])
     result = detect_ner_drift(frame, _frames(ws, lineage, "train"), params.drift,
                               champion=load_tagger(reg.path(champion)) if champion else None,
-                              out_dir=ws.run_dir(run_id), seed=params.train.seed, max_length=params.model.max_length)
+                              out_dir=ws.run_dir(run_id), seed=params.train.seed, max_length=params.model.max_length,
+                              recorded_f1=recorded_f1(meta))
     return checked, result

@@ -9,6 +9,11 @@ entity types never seen before fire on their own) and embedding drift of product
 mean-pooled last layer (Evidently's embedding methods, tasks/embed_drift.py).
 The batch counts as drifted on new types, drifted embeddings, a type-share distance of
 0.1 or more, or at least `drift.drift_share` of the column tests.
+
+Quality: production tags up to `drift.max_embed_rows` of the batch's sentences; when its
+entity micro F1 there (over the types it knows) is more than `drift.max_quality_drop`
+below the F1 recorded on its own exam at promotion, `quality_dropped` is set and the
+retrain policy (tasks/policy.py) treats it as the classification path's quality drop.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ class NerDrift:
     notes: list[str] = field(default_factory=list)
     sampled: bool = False  # a side was sampled down to drift.max_*_rows
     json_path: str | None = None
+    quality_dropped: bool = False
+    # production's micro F1 on the batch (types it knows) vs the F1 recorded at promotion
+    quality: dict | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -54,8 +62,8 @@ class NerDrift:
         return data
 
     def headline(self) -> dict:
-        # the keys the CLI prints for a classification batch, too (NER has no quality signal yet)
-        return {"drifted": self.drifted, "quality_dropped": False, "sampled": self.sampled,
+        # the keys the CLI prints for a classification batch, too
+        return {"drifted": self.drifted, "quality_dropped": self.quality_dropped, "sampled": self.sampled,
                 "json_path": self.json_path, "signals": self.signals, "reason": self.reason,
                 "new_types": self.new_types, "type_distance": self.type_distance,
                 "scores": {c.column: c.score for c in self.columns} | {
@@ -98,10 +106,29 @@ def sentence_embeddings(clf: Classifier, sentences: list[list[str]], *, max_leng
     return np.concatenate(rows) if rows else np.zeros((0, model.config.hidden_size), dtype=np.float32)
 
 
+def champion_quality(champion: Classifier, sentences: pd.DataFrame, recorded_f1: float | None,
+                     max_drop: float, max_length: int) -> dict:
+    """Production's entity micro F1 on the batch's sentences, over the types it knows and
+    the batch annotates (a type it has never seen is the drift signal's business)."""
+    from tasks.ner.evaluate import evaluate_tagger
+
+    # scored on the types both production knows and the batch annotates (names in its tags)
+    types = set(types_of(champion.labels)) & set(types_of(t for tags in sentences["tags"] for t in tags))
+    frame = sentences.assign(slice="batch", batch_id="batch")
+    sheet = evaluate_tagger(champion, frame, "batch", batch_size=64, max_length=max_length,
+                            annotated={"batch": types})["overall"]
+    f1, mentions = sheet["f1"], sheet["support"]
+    dropped = bool(recorded_f1 is not None and mentions and recorded_f1 - f1 > max_drop)
+    return {"f1": f1, "recorded_f1": recorded_f1, "sentences": len(frame), "mentions": int(mentions),
+            "max_drop": max_drop, "dropped": dropped}
+
+
 def detect_ner_drift(current: pd.DataFrame, reference: pd.DataFrame | None, cfg: DriftConfig, *,
-                     champion: Classifier | None, out_dir: Path | None, seed: int, max_length: int = 64) -> NerDrift:
+                     champion: Classifier | None, out_dir: Path | None, seed: int, max_length: int = 64,
+                     recorded_f1: float | None = None) -> NerDrift:
     """Compare a batch's sentences with those behind production; write drift.json (and
-    Evidently's drift.html) to out_dir."""
+    Evidently's drift.html) to out_dir. `recorded_f1`: production's micro F1 on its exam
+    at promotion, for the quality signal."""
     if reference is None or not len(reference):
         result = NerDrift(True, ["first_batch"], "no reference (first batch): everything is new",
                           types_of(t for g in current["tags"] for t in g), {"current": type_shares(current)}, None)
@@ -115,13 +142,14 @@ def detect_ner_drift(current: pd.DataFrame, reference: pd.DataFrame | None, cfg:
     notes: list[str] = []
     snapshot, _, columns = column_drifts(signals(cur, champion), signals(ref, champion), drift_share=cfg.drift_share,
                                          notes=notes)
-    embeddings = []
+    embeddings, quality = [], None
     if champion is not None:
         cur_e, ref_e = (sample_rows(f, cfg.max_embed_rows, seed) for f in (cur, ref))
         emb = [sentence_embeddings(champion, [list(t) for t in f["tokens"]], max_length=max_length)
                for f in (ref_e, cur_e)]
         embeddings.append(embedding_drift(*emb, method=cfg.embedding_method, threshold=cfg.embedding_threshold,
                                           scope="all", min_rows=min(cfg.min_slice_rows, 20)))
+        quality = champion_quality(champion, cur_e, recorded_f1, cfg.max_quality_drop, max_length)
     fired = [c.column for c in columns if c.drifted]
     share_hit = bool(columns) and len(fired) / len(columns) >= cfg.drift_share
     why = ([f"new entity types: {', '.join(new)}"] if new else []) + \
@@ -131,9 +159,16 @@ def detect_ner_drift(current: pd.DataFrame, reference: pd.DataFrame | None, cfg:
         [f"embeddings drifted ({e.method} {e.score:.3f})" for e in embeddings if e.drifted]
     sig = (["new_types"] if new else []) + (["type_shares"] if distance >= TYPE_SHARE_THRESHOLD else []) + \
         (fired if share_hit else []) + [f"embedding[{e.scope}]" for e in embeddings if e.drifted]
-    result = NerDrift(bool(why), sig, "; ".join(why) or f"no drift ({len(fired)} of {len(columns)} column tests)",
+    dropped = bool(quality and quality["dropped"])
+    reason = "; ".join(why) or f"no drift ({len(fired)} of {len(columns)} column tests)"
+    if quality is not None:
+        recorded = "unknown" if quality["recorded_f1"] is None else f"{quality['recorded_f1']:.3f}"
+        reason += (f"; production F1 {quality['f1']:.3f} on {quality['sentences']} of its sentences "
+                   f"(recorded {recorded}: {'dropped' if dropped else 'held'})")
+    result = NerDrift(bool(why), sig + (["quality"] if dropped else []), reason,
                       new, shares, distance, columns, embeddings, notes,
-                      sampled=len(cur) < len(current) or len(ref) < len(reference))
+                      sampled=len(cur) < len(current) or len(ref) < len(reference),
+                      quality_dropped=dropped, quality=quality)
     return _write(result, out_dir, snapshot)
 
 

@@ -39,3 +39,16 @@ def test_stream_and_joint_on_synthetic_conll(tmp_path):
 def test_missing_data_is_skipped_with_a_reason(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "nowhere")]) is None
     assert "not found" in capsys.readouterr().out
+
+
+def test_stream_and_joint_side_by_side(tmp_path):
+    data = tmp_path / "conll"
+    data.mkdir()
+    types = ["PER", "LOC", "ORG", "MISC"]
+    (data / "train.txt").write_text(write_conll(toy_ner_frame(types, sentences=30, seed=1)))
+    (data / "test.txt").write_text(write_conll(toy_ner_frame(types, sentences=10, seed=2)))
+    out = main(["--data", str(data), "--out", str(tmp_path), "--set", "model.base=tiny",
+                "--set", "train.epochs=1", "--train", "0", "--test", "0", "--jobs", "2"])
+    doc = json.loads(out.read_text())
+    assert doc["complete"] and doc["machine"]["jobs"] == 2
+    assert len(doc["stream"]["stages"]) == 3 and doc["joint"]["wall_seconds"] > 0
