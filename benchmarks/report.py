@@ -39,7 +39,10 @@ def stream_table(doc: dict) -> list[str]:
     if m.get("jobs", 1) > 1:
         load += f"; {m['jobs']} strategies at a time, {m.get('torch_threads')} torch thread(s) each"
     partial = " — PARTIAL: stopped before every strategy ran" if doc.get("partial") else ""
-    lines = [f"**{doc['stream']}**{partial} ({doc['scale']}; {doc['date']}; {m.get('cpus')} CPUs, torch {m.get('torch')}, "
+    cpu = f"{m['cpu']} " if m.get("cpu") else ""
+    precision = f", {m['autocast']}" if m.get("autocast") else ""
+    lines = [f"**{doc['stream']}**{partial} ({doc['scale']}; {doc['date']}; {cpu}{m.get('cpus')} CPUs{precision}, "
+             f"torch {m.get('torch')}, "
              f"{'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}, {load}) — `{doc['command']}`", "",
              "| strategy | ACC | of joint | BWT | max forgetting | samples | of retrain_each | wall s | samples/s "
              "| peak MB | gate passed / failed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
