@@ -533,7 +533,8 @@ def _print_continual(continual: dict | None) -> None:
     if not continual:
         return
     record = continual["accuracy_matrix"]
-    table = Table(title="accuracy matrix: rows = versions (learned batch), columns = batch held-out sets")
+    score = "entity F1" if record.get("metric") == "f1" else "accuracy"
+    table = Table(title=f"{score} matrix: rows = versions (learned batch), columns = batch held-out sets")
     for column in ["version", "learned", *[str(b)[:12] for b in record["batches"]]]:
         table.add_column(column)
     for row, values in zip(record["rows"], record["accuracy"]):

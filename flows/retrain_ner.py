@@ -5,8 +5,8 @@ intake -> validate -> (quarantine | split) -> drift -> finetune -> evaluate -> g
 The same shape, outcomes, exit codes and decision JSON as flows/retrain.py, which hands
 a run over to `retrain_ner` when params.yaml says `task.type: ner`; each stage is a
 function from tasks/ner/ (or a generic one: batch ids, quarantine, promotion lock,
-registry, DVC recording, S3 mirror, the retrain policy and its pending batches). Not
-carried over from the classification flow yet: the accuracy matrix.
+registry, DVC recording, S3 mirror, the retrain policy and its pending batches, the
+score matrix across versions, here of entity micro F1).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import params_hash
 from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, store_split
 from tasks.lock import promotion_lock
+from tasks.matrix import extend
 from tasks.policy import add_pending, clear_pending, decide, load_pending
 from tasks.registry import Registry, RegistryError, register_and_promote
 from tasks.registry_s3 import Mirror, publish_task
@@ -166,6 +167,11 @@ def _promote_stage(run: Run, candidate, sheet: dict, decision, batch_id: str, li
         run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source, metrics=sheet,
         gate=decision.to_dict(), train=candidate.train.to_dict(), run_id=run.run_id, root=run.ws.root,
         data_hash=record_data(run.ws)) | {"task": "ner"}
+    parent = run.reg.metadata(run.champion) if run.champion else {}
+    metadata["accuracy_matrix"] = extend(  # entity micro F1 of each version on each batch (tasks/matrix.py)
+        parent.get("accuracy_matrix"), parent_version=run.champion, batch_id=batch_id,
+        batch_ids=metadata["batch_ids"], candidate=sheet,
+        champion=run.details.get("champion_scores") if run.champion else None, metric="f1")
     version = _register_task(run.reg, Path(candidate.path), metadata)
     run.details["audit"] = record_promotion_task(run.ws, run.params, run.reg, version)
     mirror = Mirror.from_config(run.params.registry)

@@ -120,25 +120,33 @@ def next_stage_tag(root: Path, stage: str = PRODUCTION_STAGE) -> str:
     return f"{prefix}{max(numbers, default=0) + 1}"
 
 
+def score_key(meta: dict) -> str:
+    """A version's headline score: accuracy for a text classifier, entity micro F1 for a tagger."""
+    return "f1" if meta.get("task") == "ner" else "accuracy"
+
+
 def audit_frames(reg: Registry, version: str) -> dict[str, pd.DataFrame]:
-    """The plot tables for `version`: its per-slice accuracy, the accuracy matrix of its
-    lineage (each version on each slice it was examined on) and its training loss."""
-    lineage = [e["version"] for e in reversed(reg.lineage(version))]
-    matrix = [{"version": v, "slice": s, "accuracy": m["accuracy"]} for v in lineage
-              for s, m in reg.metadata(v)["metrics"]["slices"].items()]
+    """The plot tables for `version`: its per-slice score, the score matrix of its lineage
+    (each version on each slice it was examined on) and its training loss. The score
+    column is `accuracy`, or `f1` for a tagger (task.type: ner)."""
     meta = reg.metadata(version)
-    slices = [{"slice": s, "accuracy": m["accuracy"]} for s, m in meta["metrics"]["slices"].items()]
+    key = score_key(meta)
+    lineage = [e["version"] for e in reversed(reg.lineage(version))]
+    matrix = [{"version": v, "slice": s, key: m[key]} for v in lineage
+              for s, m in reg.metadata(v)["metrics"]["slices"].items()]
+    slices = [{"slice": s, key: m[key]} for s, m in meta["metrics"]["slices"].items()]
     losses = (meta.get("train") or {}).get("losses") or []
-    return {"slices": pd.DataFrame(slices, columns=["slice", "accuracy"]),
-            "matrix": pd.DataFrame(matrix, columns=["version", "slice", "accuracy"]),
+    return {"slices": pd.DataFrame(slices, columns=["slice", key]),
+            "matrix": pd.DataFrame(matrix, columns=["version", "slice", key]),
             "loss": pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})}
 
 
 def audit_metrics(meta: dict) -> dict:
     train = meta.get("train") or {}
     losses = train.get("losses") or []
-    return {"version": meta["version"], "overall_accuracy": meta["metrics"]["overall"]["accuracy"],
-            "slices": {s: m["accuracy"] for s, m in meta["metrics"]["slices"].items()},
+    key = score_key(meta)
+    return {"version": meta["version"], f"overall_{key}": meta["metrics"]["overall"][key],
+            "slices": {s: m[key] for s, m in meta["metrics"]["slices"].items()},
             "gate_promote": bool(meta["gate"]["promote"]), "train_steps": train.get("steps"),
             "final_loss": losses[-1] if losses else None}
 

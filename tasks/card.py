@@ -109,8 +109,9 @@ def _continual(metadata: dict) -> list[str]:
     batches = record.get("batches") or []
     rows = [[r.get("version") or metadata.get("version"), r.get("batch_id"), *values]
             for r, values in zip(record["rows"], record.get("accuracy") or [])]
+    score = "Entity micro F1" if record.get("metric") == "f1" else "Accuracy"
     lines = ["## Continual learning", "",
-             "Accuracy of each version in this model's lineage (rows, oldest first; each learned the batch "
+             f"{score} of each version in this model's lineage (rows, oldest first; each learned the batch "
              "named) on each batch's held-out rows (columns). A cell above the diagonal is the earlier "
              "model's score on a batch before learning it; `-` = never examined.", ""]
     lines += _table(["version", "learned", *[f"batch {i + 1}" for i in range(len(batches))]], rows)
@@ -120,7 +121,7 @@ def _continual(metadata: dict) -> list[str]:
               f"- average forgetting (Chaudhry et al. 2018): {_cell(got.get('average_forgetting'))}"]
     forgot = got.get("slice_forgetting") or {}
     if forgot:
-        lines += ["", "Forgetting per slice (best earlier accuracy minus this version's):", ""]
+        lines += ["", f"Forgetting per slice (best earlier {score.lower()} minus this version's):", ""]
         lines += _table(["slice", "forgetting"], [[name, value] for name, value in sorted(forgot.items())])
     return lines
 

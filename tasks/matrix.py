@@ -83,27 +83,29 @@ def average_forgetting(matrix: Matrix) -> float | None:
     return _clean(float(np.mean(known))) if known else None
 
 
-def _accuracies(sheet: dict, key: str) -> dict[str, float]:
-    return {name: s["accuracy"] for name, s in (sheet.get(key) or {}).items() if isinstance(s, dict)}
+def _accuracies(sheet: dict, key: str, metric: str = "accuracy") -> dict[str, float]:
+    return {name: s[metric] for name, s in (sheet.get(key) or {}).items() if isinstance(s, dict)}
 
 
 def extend(parent: dict | None, *, parent_version: str | None, batch_id: str, batch_ids: list[str],
-           candidate: dict, champion: dict | None = None) -> dict:
+           candidate: dict, champion: dict | None = None, metric: str = "accuracy") -> dict:
     """The record for a new version: its parent's record (None for the first version) plus
     one row. `candidate` / `champion` are their "all" score sheets on the exam of
     `batch_ids` (tasks.evaluate.sheet); the champion's score on the new batch fills the
     parent's row in that column. The new row's version is None until the registry names it
-    (`stamp`). A batch learned again (`--force`) moves to the last column."""
+    (`stamp`). A batch learned again (`--force`) moves to the last column. `metric`: the
+    sheet's score the cells hold ("f1" for taggers: entity micro F1); the record says which,
+    and keeps the cells under "accuracy" whatever the metric."""
     parent = parent or {"batches": [], "rows": [], "accuracy": [], "slices": [], "slice_accuracy": []}
     old = dict(zip(parent["batches"], zip(*parent["accuracy"]))) if parent["rows"] else {}
     batches = list(batch_ids)
     accuracy = [[old.get(b, (None,) * len(parent["rows"]))[i] for b in batches] for i in range(len(parent["rows"]))]
     if champion is not None and accuracy and batch_id in batches:
-        accuracy[-1][batches.index(batch_id)] = _accuracies(champion, "batches").get(batch_id)
-    cand = _accuracies(candidate, "batches")
+        accuracy[-1][batches.index(batch_id)] = _accuracies(champion, "batches", metric).get(batch_id)
+    cand = _accuracies(candidate, "batches", metric)
     accuracy.append([cand.get(b) for b in batches])
 
-    cand_slices = _accuracies(candidate, "slices")
+    cand_slices = _accuracies(candidate, "slices", metric)
     slices = list(dict.fromkeys([*parent["slices"], *sorted(cand_slices)]))
     old_s = dict(zip(parent["slices"], zip(*parent["slice_accuracy"]))) if parent["rows"] else {}
     slice_accuracy = [[old_s.get(s, (None,) * len(parent["rows"]))[i] for s in slices] for i in range(len(parent["rows"]))]
@@ -113,7 +115,8 @@ def extend(parent: dict | None, *, parent_version: str | None, batch_id: str, ba
     if rows and rows[-1].get("version") is None:
         rows[-1]["version"] = parent_version
     rows.append({"version": None, "batch_id": batch_id})
-    return {"batches": batches, "rows": rows, "accuracy": accuracy, "slices": slices, "slice_accuracy": slice_accuracy}
+    return {"batches": batches, "rows": rows, "accuracy": accuracy, "slices": slices, "slice_accuracy": slice_accuracy,
+            "metric": metric}
 
 
 def stamp(record: dict, version: str) -> dict:

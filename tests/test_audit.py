@@ -135,3 +135,22 @@ def test_report_says_pass_or_fail_and_what_differs():
 def test_cli_audit_of_an_unknown_version_exits_2(workspace):
     result = CliRunner().invoke(app, ["audit", "v0042", "--workspace", str(workspace)])
     assert result.exit_code == 2 and "cannot audit" in result.output
+
+
+def test_a_tagger_promotion_is_recorded_with_its_f1(dvc_ws):
+    """task.type: ner versions carry entity F1, not accuracy: audit/ names it so."""
+    candidate = dvc_ws / "cand"
+    candidate.mkdir()
+    (candidate / "model.safetensors").write_bytes(b"tagger")
+    params = params_from_dict({"task": {"type": "ner"}})
+    metrics = {"overall": {"f1": 0.8, "precision": 0.8, "recall": 0.8}, "slices": {"news": {"f1": 0.8}}}
+    meta = version_metadata(params, parent=None, lineage=[], batch_id="b-1", source="a.jsonl", metrics=metrics,
+                            gate={"promote": True, "checks": []}, train={"losses": [0.5], "steps": 1},
+                            run_id="r", root=dvc_ws, data_hash=record_data(Workspace.at(dvc_ws))) | {"task": "ner"}
+    reg = Registry(dvc_ws / "models")
+    version = reg.register(candidate, meta)
+    reg.promote(version)
+    record_promotion(Workspace.at(dvc_ws), params, reg, version)
+    written = json.loads((dvc_ws / "audit" / "metrics.json").read_text())
+    assert written["overall_f1"] == 0.8 and written["slices"] == {"news": 0.8}
+    assert (dvc_ws / "audit" / "matrix.csv").read_text().splitlines()[0] == "version,slice,f1"

@@ -47,12 +47,21 @@ def test_two_ner_batches_promoted_with_growth_and_replay(ner_run):
     meta = reg.metadata("v0002")
     assert meta["task"] == "ner" and len(meta["batch_ids"]) == 2
     assert set(meta["metrics"]["overall"]["per_type"]) == {"LOC", "ORG", "PER"}
+    # the score matrix across versions holds entity F1 (the champion's on batch B before learning it too)
+    record = meta["accuracy_matrix"]
+    assert record["metric"] == "f1" and [r["version"] for r in record["rows"]] == ["v0001", "v0002"]
+    assert record["accuracy"][0][1] is not None and record["accuracy"][1][1] == meta["metrics"]["batches"][
+        record["batches"][1]]["f1"]
+    from tasks.matrix import summary
+
+    assert summary(record)["bwt"] is not None
     second = outcomes[1]["details"]
     assert second["new_types"] == ["ORG"] and second["train"]["replay_rows"] > 0
     assert "new_types" in second["drift"]["signals"]
     assert [c["kind"] for c in second["gate"]["checks"]] == ["old_slice", "old_overall", "new_batch"]
     assert json.loads((ws / "models" / "production" / "config.json").read_text())["id2label"]["5"] == "B-ORG"
-    assert "micro F1" in (ws / "models" / "production" / "README.md").read_text()  # the model card
+    card = (ws / "models" / "production" / "README.md").read_text()  # the model card
+    assert "micro F1" in card and "Entity micro F1 of each version" in card
 
     from transformers import pipeline
 

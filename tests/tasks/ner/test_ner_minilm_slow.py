@@ -19,7 +19,7 @@ def test_minilm_tagger_learns_toy_entities_and_grows(tmp_path):
     from tasks.ner.train import train_tagger
 
     params = params_from_dict({"task": {"type": "ner"}, "model": {"base": "minilm", "max_length": 32},
-                               "train": {"epochs": 3, "lr": 2e-4, "batch_size": 16}})
+                               "train": {"epochs": 6, "lr": 3e-4, "batch_size": 16}})
     frame = toy_ner_frame(["PER", "LOC"], sentences=80, seed=1).assign(slice="A", batch_id="a")
     train, test = frame[frame.split == "train"], frame[frame.split == "test"]
     first = train_tagger(champion_dir=None, train_rows=train, out_dir=tmp_path / "v1", params=params)
