@@ -244,7 +244,8 @@ def check_drift(path: Path, ws: Workspace, params, run_id: str):
     reg = Registry(ws.models_dir)
     champion = reg.resolve("production")
     meta = reg.metadata(champion) if champion else {}
-    lineage = meta.get("batch_ids", [])
+    lineage = list(meta.get("batch_ids", []))
+    lineage += [b for b in load_pending(ws.data_dir) if b not in lineage]  # as the flow's reference
     result = detect_ner_drift(frame, _frames(ws, lineage, "train"), params.drift,
                               champion=load_tagger(reg.path(champion)) if champion else None,
                               out_dir=ws.run_dir(run_id), seed=params.train.seed, max_length=params.model.max_length,
