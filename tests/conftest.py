@@ -145,6 +145,15 @@ ENTITIES = {
 }
 
 
+def ner_workspace(tmp_path_factory, name: str) -> tuple[Path, Path]:
+    """(root, workspace) for a `task.type: ner` flow test: the workspace holds TINY_NER_PARAMS."""
+    root = tmp_path_factory.mktemp(name)
+    ws = root / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text(TINY_NER_PARAMS)
+    return root, ws
+
+
 def toy_ner_frame(types: list[str], *, sentences: int = 40, seed: int = 0, slice_name: str | None = None,
                   test_share: float = 0.3) -> pd.DataFrame:
     """Sentences `tokens,tags[,slice],split` (IOB2): filler words and one or two entity

@@ -20,14 +20,21 @@ def test_restrict_keeps_iob2():
     assert tags == ["O", "O", "O", "B-PER", "O", "O"] and iob2_errors(tags) == []
 
 
-def test_stream_and_joint_on_synthetic_conll(tmp_path):
+TYPES = ["PER", "LOC", "ORG", "MISC"]
+
+
+def synthetic_conll(tmp_path, train: int, test: int) -> list[str]:
+    """A train.txt/test.txt folder of toy sentences; the CLI arguments that read all of it."""
     data = tmp_path / "conll"
     data.mkdir()
-    types = ["PER", "LOC", "ORG", "MISC"]
-    (data / "train.txt").write_text(write_conll(toy_ner_frame(types, sentences=60, seed=1)))
-    (data / "test.txt").write_text(write_conll(toy_ner_frame(types, sentences=20, seed=2)))
-    out = main(["--data", str(data), "--out", str(tmp_path), "--set", "model.base=tiny",
-                "--set", "train.epochs=3", "--set", "train.lr=0.002", "--train", "0", "--test", "0"])
+    (data / "train.txt").write_text(write_conll(toy_ner_frame(TYPES, sentences=train, seed=1)))
+    (data / "test.txt").write_text(write_conll(toy_ner_frame(TYPES, sentences=test, seed=2)))
+    return ["--data", str(data), "--out", str(tmp_path), "--set", "model.base=tiny", "--train", "0", "--test", "0"]
+
+
+def test_stream_and_joint_on_synthetic_conll(tmp_path):
+    types = TYPES
+    out = main(synthetic_conll(tmp_path, 60, 20) + ["--set", "train.epochs=3", "--set", "train.lr=0.002"])
     doc = json.loads(out.read_text())
     stages = doc["stream"]["stages"]
     assert [s["new_types"] for s in stages] == [["LOC", "PER"], ["ORG"], ["MISC"]]
@@ -42,13 +49,7 @@ def test_missing_data_is_skipped_with_a_reason(tmp_path, capsys):
 
 
 def test_stream_and_joint_side_by_side(tmp_path):
-    data = tmp_path / "conll"
-    data.mkdir()
-    types = ["PER", "LOC", "ORG", "MISC"]
-    (data / "train.txt").write_text(write_conll(toy_ner_frame(types, sentences=30, seed=1)))
-    (data / "test.txt").write_text(write_conll(toy_ner_frame(types, sentences=10, seed=2)))
-    out = main(["--data", str(data), "--out", str(tmp_path), "--set", "model.base=tiny",
-                "--set", "train.epochs=1", "--train", "0", "--test", "0", "--jobs", "2"])
+    out = main(synthetic_conll(tmp_path, 30, 10) + ["--set", "train.epochs=1", "--jobs", "2"])
     doc = json.loads(out.read_text())
     assert doc["complete"] and doc["machine"]["jobs"] == 2
     assert len(doc["stream"]["stages"]) == 3 and doc["joint"]["wall_seconds"] > 0

@@ -21,12 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def ner_run(tmp_path_factory, prefect_server):
-    from conftest import TINY_NER_PARAMS, toy_ner_frame
+    from conftest import ner_workspace, toy_ner_frame
 
-    root = tmp_path_factory.mktemp("nerflow")
-    ws = root / "ws"
-    ws.mkdir()
-    (ws / "params.yaml").write_text(TINY_NER_PARAMS)
+    root, ws = ner_workspace(tmp_path_factory, "nerflow")
     conll = root / "a.conll"
     first = toy_ner_frame(["PER", "LOC"], sentences=60, seed=1)
     conll.write_text(write_conll(first))

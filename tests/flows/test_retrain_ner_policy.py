@@ -19,12 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def policy_run(tmp_path_factory, prefect_server):
-    from conftest import TINY_NER_PARAMS, toy_ner_frame
+    from conftest import ner_workspace, toy_ner_frame
 
-    root = tmp_path_factory.mktemp("nerpolicy")
-    ws = root / "ws"
-    ws.mkdir()
-    (ws / "params.yaml").write_text(TINY_NER_PARAMS)
+    root, ws = ner_workspace(tmp_path_factory, "nerpolicy")
     wait = {"retrain.when": "always", "retrain.min_rows": 50}
     paths = []
     for i, seed in enumerate((1, 3, 4)):
