@@ -163,9 +163,15 @@ def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, forc
                              max_length=run.params.model.max_length) if lineage else None  # nothing to compare yet
     drift = drift_task(pd.concat([split.train, split.test], ignore_index=True), reference,
                        run.params.drift, run.ws.run_dir(run.run_id), run.params.train.seed, champion)
+    return _policy_stage(run, drift, batch_id, force, waiting + len(split.train), meta)
+
+
+def _policy_stage(run: Run, drift, batch_id: str, force: bool, waiting_rows: int, meta: dict | None) -> Outcome | None:
+    """After drift (either task type): the retrain policy; a batch it turns down is
+    skipped (exit 5) but kept pending for the next retrain."""
     run.details["drift"] = drift.headline()
     policy = decide(drift, run.params.retrain, has_champion=run.champion is not None, force=force,
-                    waiting_rows=waiting + len(split.train), champion_created_at=(meta or {}).get("created_at"))
+                    waiting_rows=waiting_rows, champion_created_at=(meta or {}).get("created_at"))
     run.details["policy"] = policy.to_dict()
     if policy.retrain:
         return None

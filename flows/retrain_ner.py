@@ -17,13 +17,13 @@ from pathlib import Path
 import pandas as pd
 from prefect import get_run_logger, task
 
-from flows.retrain import Outcome, Run, _claim_production, _finish, _quarantine, _stamp, _verdict
+from flows.retrain import Outcome, Run, _claim_production, _finish, _policy_stage, _quarantine, _stamp, _verdict
 from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import params_hash
 from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, store_split
 from tasks.lock import promotion_lock
 from tasks.matrix import extend
-from tasks.policy import add_pending, clear_pending, decide, load_pending
+from tasks.policy import clear_pending, load_pending
 from tasks.registry import Registry, RegistryError, register_and_promote
 from tasks.registry_s3 import Mirror, publish_task
 from tasks.storage import StorageError
@@ -114,14 +114,7 @@ def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, forc
                              run.params.drift, champion=champion, out_dir=run.ws.run_dir(run.run_id),
                              seed=run.params.train.seed, max_length=run.params.model.max_length,
                              recorded_f1=recorded_f1(meta))
-    run.details["drift"] = drift.headline()
-    policy = decide(drift, run.params.retrain, has_champion=run.champion is not None, force=force,
-                    waiting_rows=waiting + len(split.train), champion_created_at=meta.get("created_at"))
-    run.details["policy"] = policy.to_dict()
-    if policy.retrain:
-        return None
-    run.details["pending"] = add_pending(run.ws.data_dir, batch_id)
-    return run.outcome("skipped", batch_id, [policy.reason, drift.reason])
+    return _policy_stage(run, drift, batch_id, force, waiting + len(split.train), meta)
 
 
 def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
