@@ -20,14 +20,13 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 
+from flows.attempts import train_and_judge
+from tasks.answers import write_answers
 from tasks.audit import record_data, record_promotion_task, version_metadata
-from tasks.config import Params, load_params, params_hash
+from tasks.config import Params, load_params
 from tasks.context import load_context
 from tasks.drift import drift_task
 from tasks.embed_drift import load_champion
-from tasks.evaluate import evaluate_task, load_exam
-from tasks.finetune import finetune_task
-from tasks.gate import gate_task
 from tasks.intake import (Intake, Split, batch_id_of, intake_task, is_known, load_train, mark_decided,
                           split_task)
 from tasks.lock import promotion_lock
@@ -179,35 +178,10 @@ def _policy_stage(run: Run, drift, batch_id: str, force: bool, waiting_rows: int
     return run.outcome("skipped", batch_id, [policy.reason, drift.reason])
 
 
-def _train_and_judge(run: Run, split: Split, batch_id: str, lineage: list[str]):
-    """Fine-tune a candidate from the champion, examine both on every held-out slice, gate."""
-    params = run.params
-    champion_dir = run.reg.checked_path(run.champion) if run.champion else None  # never train on a damaged champion
-    # keyed by inputs, not by run, so a rerun after a kill resumes the checkpoints there
-    key = f"{batch_id}-{run.champion or 'base'}-{params_hash(params)}"
-    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / key, params, split.dev)
-    run_dir = run.ws.run_dir(run.run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "train_report.json").write_text(json.dumps(candidate.train.to_dict(), indent=2))
-    # --force on a batch already in the lineage must not put its held-out rows in twice
-    exam = load_exam(run.ws.exam_dir, [b for b in lineage if b != batch_id] + [batch_id])
-    cand_sheets = evaluate_task(candidate.path, exam, batch_id, params.evaluate, params.model.max_length)
-    champ_sheets = evaluate_task(champion_dir, exam, batch_id, params.evaluate, params.model.max_length)
-    decision = gate_task(cand_sheets, champ_sheets if run.champion else None, params.gate, params.train.seed)
-    run.details.update({
-        "train": candidate.train.to_dict() | {"losses": None}, "new_labels": candidate.new_labels,
-        "gate": decision.to_dict(), "gate_table": decision.markdown(),
-        "candidate_scores": cand_sheets["all"], "champion_scores": champ_sheets["all"],
-        # texts over model.max_length tokens are cut to it, in training and in the exam
-        "truncated_texts": {"max_length": params.model.max_length, "train": candidate.train.truncated_texts,
-                            "exam": cand_sheets["truncated_texts"]},
-    })
-    return candidate, cand_sheets, decision
-
-
 def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: str, lineage: list[str]) -> str:
     """Register the candidate as a new immutable version (with the lineage's accuracy
     matrix grown by one row), move production to it, then mirror it when configured."""
+    write_answers(candidate.path, cand_sheets)  # sealed with the version: the next gate's floor
     metadata = version_metadata(
         run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
         metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
@@ -278,13 +252,27 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
         lineage, settled = _claim_production(run, got.batch_id, force)
         if settled:
             return _finish(settled, run)
-        lineage = lineage + [b for b in pending if b not in lineage]
-        candidate, cand_sheets, decision = _train_and_judge(run, split, got.batch_id, lineage)
+        pending = [b for b in pending if b not in lineage]
+        lineage = lineage + pending
+        judged = train_and_judge(run, split, got.batch_id, lineage, pending)
         try:
-            if not decision.promote:
-                return _finish(run.outcome("rejected", got.batch_id, decision.reasons), run)
-            version = _promote_stage(run, candidate, cand_sheets, decision, got.batch_id, lineage)
-            clear_pending(ws.data_dir, [*lineage, got.batch_id])
-            return _finish(run.outcome("promoted", got.batch_id, decision.reasons, version=version), run)
+            return _settle(run, judged, got.batch_id, lineage)
         finally:
-            shutil.rmtree(candidate.path, ignore_errors=True)
+            for path in judged.scratch:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _settle(run: Run, judged, batch_id: str, lineage: list[str]) -> dict:
+    """Promote the passing attempt; or keep the batch pending, so the next retrain trains
+    on its rows and examines its held-out ones (exit 3, production unchanged)."""
+    decision, tried = judged.decision, len(judged.attempts)
+    if not decision.promote:
+        why = f"rejected by the gate after {tried} attempt(s): {decision.reasons[0]}"
+        run.details["pending"] = add_pending(run.ws.data_dir, batch_id, why=why, attempts=tried)
+        reasons = decision.reasons + [f"batch {batch_id} stays pending: the next retrain trains on it "
+                                      "(`ratchet pending drop` removes it)"]
+        return _finish(run.outcome("rejected", batch_id, reasons), run)
+    version = _promote_stage(run, judged.candidate, judged.sheets, decision, batch_id, lineage)
+    clear_pending(run.ws.data_dir, [*lineage, batch_id], version)
+    note = [f"promoted at attempt {tried} of {run.params.remediation.max_attempts}"]
+    return _finish(run.outcome("promoted", batch_id, note + decision.reasons, version=version), run)

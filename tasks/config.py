@@ -153,8 +153,32 @@ class GateConfig:
     tolerance: float = 0.05
     min_new_slice_score: float = 0.5
     alpha: float = 0.05
-    min_slice_size: int = 30
-    n_resamples: int = 2000
+    min_slice_size: int = 20
+    n_resamples: int = 2000  # the NER gate's bootstrap
+    # cumulative floor: no old slice below its best in the lineage by more than this
+    max_total_drop: float = 0.03
+    # share of old exam rows the champion got right and the candidate wrong
+    max_negative_flip_rate: float = 0.05
+    # planned false rejection of an unchanged candidate, split over the decision's checks
+    max_false_rejection: float = 0.1
+    # least churn assumed when planning power: the share of rows an unchanged candidate
+    # answers differently from its reference (estimated from positive flips when larger)
+    planning_flip_rate: float = 0.03
+    # flipped rows written beside the decision (flips.csv) for review
+    max_flip_rows: int = 200
+
+
+@dataclass(frozen=True)
+class RemediationConfig:
+    """After a rejection, retry within the run with stronger anti-forgetting settings."""
+
+    # attempts in all, the first (plain params) included; 1 = no remediation
+    max_attempts: int = 3
+    # no new attempt starts after this many seconds of the run's training and judging
+    time_budget_seconds: float = 3600.0
+    # rung i (attempt i + 1): dotted overrides applied on top of params, e.g.
+    # {"train.distill_weight": 1.0}; each is validated like params.yaml itself
+    ladder: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -206,6 +230,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    remediation: RemediationConfig = field(default_factory=RemediationConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
@@ -254,6 +279,9 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
     for name, value in raw.items():
         key = f"{section}.{name}"
         kind = hints[name]
+        if kind is tuple:  # remediation.ladder: a list of {section.key: value} mappings
+            values[name] = _ladder(value, key)
+            continue
         if isinstance(kind, types.UnionType):
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         value = _coerce(value, kind, key)
@@ -266,7 +294,42 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
     return cls(**values)
 
 
-def params_from_dict(raw: dict[str, Any] | None) -> Params:
+def _ladder(value: Any, key: str) -> tuple:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise ConfigError(f"params: {key} must be a list of mappings of section.key: value")
+    for i, rung in enumerate(value):
+        bad = [k for k in rung if "." not in str(k) or str(k).startswith("remediation.")]
+        if bad:
+            raise ConfigError(f"params: {key}[{i}]: {', '.join(map(str, bad))} must look like section.key "
+                              "(and not remediation.*)")
+    return tuple(dict(r) for r in value)
+
+
+def with_overrides(params: Params, overrides: dict[str, Any], where: str = "overrides") -> Params:
+    """`params` with dotted overrides applied, validated like params.yaml; errors name `where`."""
+    raw = params.to_dict()
+    raw["remediation"] = {**raw["remediation"], "ladder": [dict(r) for r in params.remediation.ladder]}
+    for dotted, value in overrides.items():
+        section, _, name = str(dotted).partition(".")
+        if section not in raw or not isinstance(raw[section], dict):
+            raise ConfigError(f"params: {where}: unknown section in {dotted!r}")
+        raw[section] = {**raw[section], name: value}
+    try:
+        return params_from_dict(raw, _check_ladder=False)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def attempt_params(params: Params, attempt: int) -> Params:
+    """The params of remediation attempt `attempt` (0 = the plain params)."""
+    if attempt == 0:
+        return params
+    return with_overrides(params, params.remediation.ladder[attempt - 1], f"remediation.ladder[{attempt - 1}]")
+
+
+def params_from_dict(raw: dict[str, Any] | None, _check_ladder: bool = True) -> Params:
     """Build validated `Params` from a parsed params.yaml mapping."""
     raw = raw or {}
     if not isinstance(raw, dict):
@@ -291,6 +354,11 @@ def params_from_dict(raw: dict[str, Any] | None) -> Params:
     mirror = params.registry.mirror
     if mirror and not (mirror.startswith("s3://") and mirror[len("s3://"):].strip("/")):
         raise ConfigError(f"params: registry.mirror must be an s3://bucket/prefix URI, got {mirror!r}")
+    if params.remediation.max_attempts < 1:
+        raise ConfigError("params: remediation.max_attempts must be at least 1")
+    if _check_ladder:  # every rung must build valid params now, not at the first rejection
+        for attempt in range(1, len(params.remediation.ladder) + 1):
+            attempt_params(params, attempt)
     return params
 
 

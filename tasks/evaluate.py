@@ -77,7 +77,7 @@ def sheet(exam: pd.DataFrame, pred: pd.Series) -> dict:
     return out
 
 
-def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *,
+def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str | list[str], *,
              batch_size: int, max_length: int) -> dict:
     """Sheets for the whole exam ("all"), the exam before this batch ("old", None when it
     was empty) and this batch's held-out rows ("new"), and how many exam texts were longer
@@ -90,11 +90,21 @@ def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *,
                   truncated=count_truncated(clf.tokenizer, texts, max_length))
 
 
-def sheets(exam: pd.DataFrame, predicted: list[str], new_batch_id: str, truncated: int) -> dict:
-    """`evaluate`'s result from predictions already made (one per exam row, in order)."""
+def row_keys(exam: pd.DataFrame) -> list[str]:
+    """A stable key per exam row: its batch id and its position in that batch's held-out
+    file (exam files are written once), so answers can be matched across versions."""
+    position = exam.groupby("batch_id", sort=False).cumcount()
+    return (exam["batch_id"].astype(str) + ":" + position.astype(str)).tolist()
+
+
+def sheets(exam: pd.DataFrame, predicted: list[str], new_batch_id: str | list[str], truncated: int) -> dict:
+    """`evaluate`'s result from predictions already made (one per exam row, in order).
+    `new_batch_id` may list several batches (this one and pending ones not learned yet):
+    their rows are judged as new, not as old knowledge."""
     exam = exam.reset_index(drop=True)
     pred = pd.Series(predicted, index=exam.index, dtype=str)
-    is_new = exam["batch_id"] == new_batch_id
+    new_ids = [new_batch_id] if isinstance(new_batch_id, str) else list(new_batch_id)
+    is_new = exam["batch_id"].isin(new_ids)
     return {
         "all": sheet(exam, pred),
         "old": sheet(exam[~is_new], pred[~is_new]) if (~is_new).any() else None,
@@ -102,6 +112,7 @@ def sheets(exam: pd.DataFrame, predicted: list[str], new_batch_id: str, truncate
         "truncated_texts": truncated,
         # per-row outcomes in exam order: the gate pairs candidate and champion on them
         "rows": {"slice": exam["slice"].astype(str).tolist(), "is_new": is_new.tolist(),
+                 "key": row_keys(exam), "pred": pred.astype(str).tolist(),
                  "correct": (exam["label"].astype(str).values == pred.astype(str).values).astype(int).tolist()},
     }
 

@@ -1,20 +1,26 @@
-"""Gate: promote only when nothing the champion knew got worse and the new batch was learned.
+"""Gate: promote only when nothing production knew got worse and the new batch was learned.
 
-A pure function over the per-row exam outcomes of candidate and champion (the output of
-`tasks.evaluate.evaluate`). A point comparison on a 450-row slice flips on a handful of
-rows, so each old slice is judged statistically:
+A pure function over per-row exam outcomes (`tasks.evaluate.evaluate` results). Every
+check is a paired non-inferiority test on the rows both models answered (Tango's score
+test, tasks/gate_stats.py) and becomes a row of decision.json and of a Markdown table:
 
-- candidate and champion answered the *same* held-out rows, so a paired bootstrap
-  (scipy) of the accuracy difference gives a one-sided lower confidence bound; the slice
-  passes when it is non-inferior, i.e. the test rejects "the candidate is worse by more
-  than gate.tolerance";
-- the old slices form one family, Holm-corrected (statsmodels), so adding slices does
-  not make a lucky pass more likely;
-- slices below gate.min_slice_size are pooled; a pool still too small is reported as
-  unjudgeable instead of silently passing;
-- the old exam as a whole gets the same test; the new batch's held-out rows must reach
-  gate.min_new_slice_score.
-Every check becomes a row in decision.json and in a Markdown table.
+- **per step**: each old slice, and the old exam as a whole, against the champion at
+  `gate.tolerance`;
+- **floor**: each old slice against the best version of production's lineage on it
+  (from the per-row answers stored with each version), at `gate.max_total_drop`, so a
+  run of small passing drops cannot add up to erosion;
+- **negative flips**: rows the champion answered right and the candidate wrong, as a
+  share of the old exam, at most `gate.max_negative_flip_rate` (per-slice counts are in
+  every slice row);
+- **new batch**: its held-out rows reach `gate.min_new_slice_score`.
+
+Why no Holm correction: the candidate is promoted only when *every* check passes, an
+intersection-union test (Berger 1982), whose false-acceptance rate is at most `alpha`
+without any adjustment. The multiplicity cost falls on false rejection instead, so the
+power is planned: a slice is judged at max(margin, the drop its rows can detect with
+power 1 - gate.max_false_rejection / checks) and reported as "low power" when its
+margin had to be widened; low-power slices are also judged pooled. The operating
+characteristic of these rules is simulated in benchmarks/gate_oc.py.
 """
 
 from __future__ import annotations
@@ -24,21 +30,27 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tasks.config import GateConfig
+from tasks.gate_stats import Paired, detectable_margin, lower_bound, score_test
 
 POOLED = "small slices (pooled)"
+LOW_POWER_POOL = "low-power slices (pooled)"
 
 
 @dataclass(frozen=True)
 class Check:
     name: str
-    kind: str                  # old_slice | old_overall | new_batch
+    kind: str                  # old_slice | old_overall | floor | flips | new_batch
     rows: int
-    champion: float | None     # accuracy on these rows
+    champion: float | None     # the reference's score: the champion, or the best version for a floor
     candidate: float
-    lower_bound: float | None  # one-sided lower confidence bound on candidate - champion
-    p_value: float | None      # p of "worse by more than tolerance" (Holm-adjusted for slices)
-    threshold: float           # -tolerance for old rows, min score for the new batch
+    lower_bound: float | None  # one-sided lower confidence bound on candidate - reference
+    p_value: float | None      # p of "worse by more than the margin"
+    threshold: float           # -margin for old rows, the limit for flips, min score for the new batch
     verdict: str               # pass | FAIL | unjudgeable
+    reference: str | None = None  # champion | a version id (floor) | None
+    low_power: bool = False    # the margin was widened beyond the configured one
+    neg_flips: int | None = None  # reference right, candidate wrong
+    pos_flips: int | None = None  # reference wrong, candidate right
 
     @property
     def passed(self) -> bool:
@@ -56,30 +68,25 @@ class GateDecision:
 
     def markdown(self) -> str:
         fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
-        lines = ["| check | rows | champion | candidate | delta | lower bound | p | threshold | verdict |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        lines = ["| check | rows | reference | ref score | candidate | delta | lower bound | p | threshold "
+                 "| flips -/+ | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in self.checks:
             delta = None if c.champion is None else c.candidate - c.champion
-            lines.append(f"| {c.name} | {c.rows} | {fmt(c.champion, '.4f')} | {c.candidate:.4f} | "
-                         f"{fmt(delta, '+.4f')} | {fmt(c.lower_bound, '+.4f')} | {fmt(c.p_value, '.4f')} | "
-                         f"{c.threshold:+.4f} | {c.verdict} |")
+            flips = "-" if c.neg_flips is None else f"{c.neg_flips}/{c.pos_flips}"
+            verdict = c.verdict + (" (low power)" if c.low_power else "")
+            lines.append(f"| {c.name} | {c.rows} | {c.reference or '-'} | {fmt(c.champion, '.4f')} | "
+                         f"{c.candidate:.4f} | {fmt(delta, '+.4f')} | {fmt(c.lower_bound, '+.4f')} | "
+                         f"{fmt(c.p_value, '.4f')} | {c.threshold:+.4f} | {flips} | {verdict} |")
         return "\n".join(lines)
 
 
-def paired_test(cand: np.ndarray, champ: np.ndarray, *, tolerance: float, alpha: float,
-                n_resamples: int, seed: int) -> tuple[float, float]:
-    """Lower (1 - alpha) bound on mean(cand - champ) and the bootstrap p-value of
-    H0: mean(cand - champ) <= -tolerance, from a paired bootstrap over rows."""
-    from scipy.stats import bootstrap
+@dataclass(frozen=True)
+class Plan:
+    """The level and per-check power every paired check of one decision is planned with."""
 
-    diff = cand.astype(float) - champ.astype(float)
-    if np.all(diff == diff[0]):  # no spread to resample: the difference is exact
-        return float(diff[0]), 0.0 if diff[0] > -tolerance else 1.0
-    result = bootstrap((diff,), np.mean, n_resamples=n_resamples, confidence_level=1 - alpha,
-                       alternative="greater", method="percentile", rng=np.random.default_rng(seed))
-    dist = result.bootstrap_distribution
-    p_value = (np.count_nonzero(dist <= -tolerance) + 1) / (dist.size + 1)
-    return float(result.confidence_interval.low), float(p_value)
+    alpha: float
+    beta: float
+    discordance: float  # planning churn: share of rows an unchanged candidate answers differently
 
 
 def _groups(slices: np.ndarray, old: np.ndarray, min_size: int) -> dict[str, np.ndarray]:
@@ -96,35 +103,69 @@ def _groups(slices: np.ndarray, old: np.ndarray, min_size: int) -> dict[str, np.
     return groups
 
 
-def _old_checks(cand: np.ndarray, champ: np.ndarray, groups: dict, cfg: GateConfig, seed: int) -> list[Check]:
-    from statsmodels.stats.multitest import multipletests
-
-    judged, checks = [], {}
-    for name, mask in groups.items():
-        rows = int(mask.sum())
-        if rows < cfg.min_slice_size:
-            checks[name] = Check(f"slice:{name}", "old_slice", rows, float(champ[mask].mean()),
-                                 float(cand[mask].mean()), None, None, -cfg.tolerance, "unjudgeable")
-            continue
-        lb, p = paired_test(cand[mask], champ[mask], tolerance=cfg.tolerance, alpha=cfg.alpha,
-                            n_resamples=cfg.n_resamples, seed=seed)
-        judged.append((name, rows, lb, p))
-    if judged:
-        passed, adjusted, _, _ = multipletests([p for *_, p in judged], alpha=cfg.alpha, method="holm")
-        for (name, rows, lb, _), ok, p_adj in zip(judged, passed, adjusted):
-            mask = groups[name]
-            checks[name] = Check(f"slice:{name}", "old_slice", rows, round(float(champ[mask].mean()), 4),
-                                 round(float(cand[mask].mean()), 4), round(lb, 4), round(float(p_adj), 4),
-                                 -cfg.tolerance, "pass" if ok else "FAIL")
-    return [checks[name] for name in groups]
+def paired_check(name: str, kind: str, cand: np.ndarray, ref: np.ndarray, *, margin: float, plan: Plan,
+                 reference: str, min_rows: int) -> Check:
+    """One non-inferiority row: candidate vs reference on the same rows at max(margin,
+    what these rows can detect)."""
+    counts = Paired.of(cand, ref)
+    base = dict(rows=counts.n, champion=round(float(ref.mean()), 4), candidate=round(float(cand.mean()), 4),
+                reference=reference, neg_flips=counts.neg, pos_flips=counts.pos)
+    if counts.n < min_rows:
+        return Check(name, kind, lower_bound=None, p_value=None, threshold=-margin, verdict="unjudgeable", **base)
+    # planned on the churn, estimated from positive flips (a regression adds negative ones,
+    # which must not buy it a wider margin): exam-wide, this slice's, or the configured least
+    spread = max(plan.discordance, 2 * counts.pos / counts.n)
+    widened = detectable_margin(counts.n, spread, alpha=plan.alpha, beta=plan.beta, floor=margin)
+    p = score_test(counts, widened)
+    return Check(name, kind, lower_bound=round(lower_bound(counts, plan.alpha), 4), p_value=round(p, 4),
+                 threshold=-round(widened, 4), verdict="pass" if p < plan.alpha else "FAIL",
+                 low_power=widened > margin + 1e-9, **base)
 
 
-def _overall_check(cand: np.ndarray, champ: np.ndarray, cfg: GateConfig, seed: int) -> Check:
-    lb, p = paired_test(cand, champ, tolerance=cfg.tolerance, alpha=cfg.alpha,
-                        n_resamples=cfg.n_resamples, seed=seed)
-    return Check("old exam overall", "old_overall", int(cand.size), round(float(champ.mean()), 4),
-                 round(float(cand.mean()), 4), round(lb, 4), round(p, 4), -cfg.tolerance,
-                 "pass" if p < cfg.alpha else "FAIL")
+def _family(name_of, kind: str, cand: np.ndarray, refs: dict, masks: dict, *, margin: float, plan: Plan,
+            min_rows: int) -> list[Check]:
+    """Checks for named row groups against per-group references (a dict of (name, array))
+    plus one pooled check over the low-power groups, when there are at least two."""
+    checks = [paired_check(name_of(g), kind, cand[m], refs[g][1][m], margin=margin, plan=plan,
+                           reference=refs[g][0], min_rows=min_rows) for g, m in masks.items()]
+    low = [g for g, c in zip(masks, checks) if c.low_power]
+    if len(low) >= 2:
+        pool = np.logical_or.reduce([masks[g] for g in low])
+        ref = np.zeros(cand.size, dtype=int)
+        for g in low:
+            ref[masks[g]] = refs[g][1][masks[g]]
+        checks.append(paired_check(name_of(LOW_POWER_POOL), kind, cand[pool], ref[pool], margin=margin,
+                                   plan=plan, reference="mixed" if kind == "floor" else "champion",
+                                   min_rows=min_rows))
+    return checks
+
+
+def best_versions(keys: np.ndarray, masks: dict[str, np.ndarray], history: dict[str, dict[str, int]]) -> dict:
+    """For each row group, the lineage version with the best accuracy on it among those
+    that answered every one of its rows (later versions win ties): {group: (version, per-row
+    correct aligned with `keys`, 0 where the version did not answer)}."""
+    out = {}
+    for group, mask in masks.items():
+        best = None
+        for version, answers in history.items():
+            got = np.array([answers.get(k, -1) for k in keys[mask]])
+            if got.size == 0 or (got < 0).any():
+                continue
+            if best is None or got.mean() >= best[2]:
+                full = np.zeros(keys.size, dtype=int)
+                full[mask] = got
+                best = (version, full, got.mean())
+        if best is not None:
+            out[group] = best[:2]
+    return out
+
+
+def _flip_check(cand: np.ndarray, champ: np.ndarray, cfg: GateConfig) -> Check:
+    counts = Paired.of(cand, champ)
+    rate = round(counts.neg / counts.n, 4) if counts.n else 0.0
+    return Check("negative flips (old exam)", "flips", counts.n, None, rate, None, None,
+                 cfg.max_negative_flip_rate, "pass" if rate <= cfg.max_negative_flip_rate else "FAIL",
+                 reference="champion", neg_flips=counts.neg, pos_flips=counts.pos)
 
 
 def _new_check(cand: np.ndarray, cfg: GateConfig) -> Check:
@@ -140,31 +181,67 @@ def _reason(c: Check, cfg: GateConfig) -> str:
                 "column with test rows, or more rows (intake.test_share of them are held out)")
     if c.kind == "new_batch":
         return f"{c.name}: candidate {c.candidate:.4f} below {cfg.min_new_slice_score:.4f}"
+    if c.kind == "flips":
+        return (f"{c.name}: {c.neg_flips} of {c.rows} rows the champion answered right are now wrong "
+                f"({c.candidate:.2%} > gate.max_negative_flip_rate {cfg.max_negative_flip_rate:.2%})")
     if c.verdict == "unjudgeable":
         return f"{c.name}: only {c.rows} held-out rows (< gate.min_slice_size), not judged"
-    p_name = "Holm-adjusted p" if c.kind == "old_slice" else "p"
-    return (f"{c.name}: cannot rule out a drop beyond {cfg.tolerance:.3f} (candidate {c.candidate:.4f} "
-            f"vs champion {c.champion:.4f}, lower bound {c.lower_bound:+.4f}, "
-            f"{p_name} {c.p_value:.4f} >= alpha {cfg.alpha})")
+    against = f"its best in the lineage, {c.reference}" if c.kind == "floor" else "the champion"
+    return (f"{c.name}: cannot rule out a drop beyond {-c.threshold:.3f} against {against} "
+            f"(candidate {c.candidate:.4f} vs {c.champion:.4f}, lower bound {c.lower_bound:+.4f}, "
+            f"p {c.p_value:.4f} >= alpha {cfg.alpha})")
 
 
-def decide(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 0) -> GateDecision:
+def _plan(cfg: GateConfig, n_checks: int, cand: np.ndarray, refs: list[np.ndarray]) -> Plan:
+    churn = [2 * Paired.of(cand, r).pos / max(cand.size, 1) for r in refs]
+    return Plan(cfg.alpha, cfg.max_false_rejection / max(n_checks, 1), max([cfg.planning_flip_rate, *churn]))
+
+
+def decide(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 0,
+           history: dict[str, dict[str, int]] | None = None) -> GateDecision:
     """`candidate`/`champion` are `tasks.evaluate.evaluate` results on the same exam;
-    `champion` None before the first promotion (only the new batch is judged)."""
+    `champion` None before the first promotion (only the new batch is judged). `history`:
+    {version: {exam row key: 1/0}} of production's lineage, for the floor. `seed` is
+    unused since the test is closed-form; kept so every gate has the same signature."""
     rows = candidate["rows"]
     cand = np.asarray(rows["correct"], dtype=int)
     new = np.asarray(rows["is_new"], dtype=bool)
+    old = ~new
     checks: list[Check] = []
-    if champion is not None and (~new).any():
+    if champion is not None and old.any():
         champ = np.asarray(champion["rows"]["correct"], dtype=int)
-        groups = _groups(np.asarray(rows["slice"], dtype=object), ~new, cfg.min_slice_size)
-        checks += _old_checks(cand, champ, groups, cfg, seed)
-        checks.append(_overall_check(cand[~new], champ[~new], cfg, seed))
+        masks = _groups(np.asarray(rows["slice"], dtype=object), old, cfg.min_slice_size)
+        best = best_versions(np.asarray(rows.get("key", [""] * cand.size), dtype=object), masks, history or {})
+        plan = _plan(cfg, 2 + len(masks) + len(best), cand[old], [champ[old]] + [b[1][old] for b in best.values()])
+        step = {g: ("champion", champ) for g in masks}
+        checks += _family(lambda g: f"slice:{g}", "old_slice", cand, step, masks, margin=cfg.tolerance, plan=plan,
+                          min_rows=cfg.min_slice_size)
+        checks.append(paired_check("old exam overall", "old_overall", cand[old], champ[old], margin=cfg.tolerance,
+                                   plan=plan, reference="champion", min_rows=1))
+        checks += _family(lambda g: f"floor:{g}", "floor", cand, best, {g: masks[g] for g in best},
+                          margin=cfg.max_total_drop, plan=plan, min_rows=cfg.min_slice_size)
+        checks.append(_flip_check(cand[old], champ[old], cfg))
     checks.append(_new_check(cand[new], cfg))
     failed = [c for c in checks if not c.passed]
     notes = [_reason(c, cfg) for c in checks if c.verdict == "unjudgeable"]
+    notes += [f"{c.name}: low power, judged at a {-c.threshold:.3f} margin ({c.rows} rows)"
+              for c in checks if c.low_power and c.passed]
     reasons = [_reason(c, cfg) for c in failed] or [f"all {len(checks) - len(notes)} judged checks passed"]
     return GateDecision(promote=not failed, reasons=reasons + notes, checks=checks)
+
+
+def flipped_rows(candidate: dict, champion: dict, exam, cap: int) -> list[dict]:
+    """Old exam rows whose answer changed between champion and candidate (negative flips
+    first), with both answers, for review; at most `cap` rows."""
+    rows, champ_rows = candidate["rows"], champion["rows"]
+    out = []
+    for direction, want in (("negative", (1, 0)), ("positive", (0, 1))):
+        for i, (new, c, h) in enumerate(zip(rows["is_new"], rows["correct"], champ_rows["correct"])):
+            if not new and (h, c) == want and len(out) < cap:
+                out.append({"key": rows["key"][i], "slice": rows["slice"][i], "text": str(exam["text"].iloc[i]),
+                            "label": str(exam["label"].iloc[i]), "champion": champ_rows["pred"][i],
+                            "candidate": rows["pred"][i], "flip": direction})
+    return out
 
 
 # --- Prefect edge ------------------------------------------------------------------
@@ -172,8 +249,9 @@ from prefect import task  # noqa: E402
 
 
 @task(name="gate")
-def gate_task(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 0) -> GateDecision:
-    return decide(candidate, champion, cfg, seed)
+def gate_task(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 0,
+              history: dict | None = None) -> GateDecision:
+    return decide(candidate, champion, cfg, seed, history)
 
 
 def main() -> None:
@@ -183,7 +261,7 @@ def main() -> None:
     p = pipeline.params()
     sheets = pipeline.read_json(pipeline.BUILD / "evaluate" / "scores.json")
     champion = sheets["champion"] if pipeline.parent(p) else None
-    decision = decide(sheets["candidate"], champion, p.gate, p.train.seed)
+    decision = decide(sheets["candidate"], champion, p.gate, p.train.seed, sheets.get("history"))
     out = pipeline.stage_dir("gate")
     pipeline.write_json(out / "decision.json", {**decision.to_dict(), "table": decision.markdown()})
     pipeline.write_json(out / "metrics.json", {

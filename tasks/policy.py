@@ -12,6 +12,9 @@ policy reads the `DriftResult` and `params.yaml`'s `retrain` section:
   ones) are waiting; `min_interval_hours`: skip when production is younger than this,
   unless its quality dropped (a model that is getting answers wrong is not made to wait).
 
+A batch the gate rejected after every remediation attempt is kept pending the same
+way (flows/retrain.py), with why and how many attempts it had.
+
 A skipped batch stays accepted: its rows are stored, its held-out rows are in the exam,
 and its id goes to data/pending.json. The next run treats pending batches as part of
 the reference and trains on their rows, and the version it promotes lists them in its
@@ -83,31 +86,78 @@ def pending_path(data_dir: Path) -> Path:
     return Path(data_dir) / PENDING_FILE
 
 
+def _read(data_dir: Path) -> dict:
+    path = pending_path(data_dir)
+    state = json.loads(path.read_text()) if path.exists() else {}
+    return {"batch_ids": list(state.get("batch_ids", [])), "info": dict(state.get("info", {})),
+            "history": list(state.get("history", []))}
+
+
 def load_pending(data_dir: Path) -> list[str]:
     """Ids of accepted batches that no promoted version has trained on yet, in order."""
-    path = pending_path(data_dir)
-    return list(json.loads(path.read_text())["batch_ids"]) if path.exists() else []
+    return _read(data_dir)["batch_ids"]
 
 
-def _write_pending(data_dir: Path, ids: list[str]) -> None:
+def pending_report(data_dir: Path) -> list[dict]:
+    """One entry per pending batch: id, why, since when, attempts (`ratchet status --json`)."""
+    state = _read(data_dir)
+    return [{"batch_id": b, **state["info"].get(b, {})} for b in state["batch_ids"]]
+
+
+def pending_history(data_dir: Path) -> list[dict]:
+    return _read(data_dir)["history"]
+
+
+def _write(data_dir: Path, state: dict) -> None:
     path = pending_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"batch_ids": ids}, indent=2))
+    tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, path)  # never a half-written list
 
 
-def add_pending(data_dir: Path, batch_id: str) -> list[str]:
-    ids = load_pending(data_dir)
-    if batch_id not in ids:
-        ids.append(batch_id)
-        _write_pending(data_dir, ids)
-    return ids
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def clear_pending(data_dir: Path, trained: list[str]) -> list[str]:
+def add_pending(data_dir: Path, batch_id: str, why: str = "skipped by the retrain policy",
+                attempts: int = 0) -> list[str]:
+    """Keep a batch pending (skipped by the policy, or rejected after every attempt)."""
+    state = _read(data_dir)
+    info = state["info"].get(batch_id, {"since": _now(), "attempts": 0})
+    info.update(why=why, attempts=int(info.get("attempts", 0)) + attempts, updated=_now())
+    state["info"][batch_id] = info
+    if batch_id not in state["batch_ids"]:
+        state["batch_ids"].append(batch_id)
+        state["history"].append({"time": _now(), "batch_id": batch_id, "action": "pending", "why": why})
+    _write(data_dir, state)
+    return state["batch_ids"]
+
+
+def clear_pending(data_dir: Path, trained: list[str], version: str | None = None) -> list[str]:
     """Drop the ids a promoted version now lists in its lineage."""
-    ids = [b for b in load_pending(data_dir) if b not in set(trained)]
-    if pending_path(data_dir).exists():
-        _write_pending(data_dir, ids)
-    return ids
+    if not pending_path(data_dir).exists():
+        return []
+    state = _read(data_dir)
+    done = [b for b in state["batch_ids"] if b in set(trained)]
+    state["batch_ids"] = [b for b in state["batch_ids"] if b not in set(trained)]
+    for b in done:
+        state["info"].pop(b, None)
+        state["history"].append({"time": _now(), "batch_id": b, "action": "learned", "version": version})
+    _write(data_dir, state)
+    return state["batch_ids"]
+
+
+def drop_pending(data_dir: Path, batch_id: str, reason: str, who: str = "") -> dict:
+    """Remove a pending batch on purpose (`ratchet pending drop`): it will not be trained
+    on unless delivered again with --force. Recorded in the pending history."""
+    state = _read(data_dir)
+    if batch_id not in state["batch_ids"]:
+        raise KeyError(f"batch {batch_id} is not pending (pending: {', '.join(state['batch_ids']) or 'none'})")
+    state["batch_ids"].remove(batch_id)
+    info = state["info"].pop(batch_id, {})
+    entry = {"time": _now(), "batch_id": batch_id, "action": "dropped", "reason": reason,
+             "who": who or os.environ.get("USER", ""), "was": info}
+    state["history"].append(entry)
+    _write(data_dir, state)
+    return entry
