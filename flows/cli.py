@@ -270,6 +270,8 @@ def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), 
     Console(width=max(console.width, 240)).print(table)  # the table takes only what it needs
     summary = {"seconds": round(seconds, 1), "domains": domains, "machine": _machine(), "outcomes": [
         {"batch": o["batch"], "status": o["status"], "production": o["production"],
+         "attempts": len(o["details"].get("attempts") or []), "pending": o["details"].get("pending", []),
+         "negative_flip_rate": (o["details"].get("flips") or {}).get("negative_rate"),
          "slices": production_scores(o)} for o in outcomes]}
     out = Path(workspace) / "reports" / "demo_summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
