@@ -1,7 +1,9 @@
 """The `ratchet` command: the edge between a terminal and the flows.
 
 `ratchet retrain --batch PATH` runs one batch and exits with the contract's code
-(0 promoted, 3 rejected, 4 quarantined, 5 skipped, 2 usage/config error, 1 unexpected).
+(0 promoted, after one or more attempts; 3 rejected, the batch stays pending;
+4 quarantined, 5 skipped, 2 usage/config error, 1 unexpected). `ratchet pending`
+lists or drops the batches waiting to be learned.
 `ratchet drift PATH` validates a batch and checks it for drift against production
 without training. `ratchet demo` streams CLINC150 domains through the flow and prints what production
 knows after each one. `ratchet models ...` reads and moves registry aliases;
@@ -27,6 +29,9 @@ models_app = typer.Typer(no_args_is_help=True, help="Inspect the registry and mo
 app.add_typer(models_app, name="models")
 convert_app = typer.Typer(no_args_is_help=True, help="Convert delivered files into batch files.")
 app.add_typer(convert_app, name="convert")
+from flows.pending_cli import pending_app  # noqa: E402
+
+app.add_typer(pending_app, name="pending")
 console = Console()
 
 
@@ -96,6 +101,14 @@ def retrain(batch: str = typer.Option(..., "--batch", help="Batch file: CSV, JSO
         console.print(f"  - {escape(reason)}", highlight=False)  # reasons quote delivered text
     if outcome["details"].get("drift"):
         _print_drift(outcome["details"]["drift"])
+    for a in outcome["details"].get("attempts") or []:
+        verdict = "passed" if a["promote"] else "rejected"
+        console.print(f"  attempt {a['attempt']} {verdict} in {a['seconds']:.0f} s"
+                      + (f" with {a['overrides']}" if a["overrides"] else ""), highlight=False)
+    flips = outcome["details"].get("flips") or {}
+    if flips.get("negative_rate") is not None:
+        console.print(f"  negative flips: {flips['negative']} rows ({flips['negative_rate']:.2%} of the old exam), "
+                      f"positive {flips['positive']}" + (f"; rows in {flips['rows_file']}" if flips.get("rows_file") else ""))
     if outcome["details"].get("gate_table"):
         console.print(outcome["details"]["gate_table"])
     if (outcome["details"].get("mirror") or {}).get("error"):
@@ -523,6 +536,9 @@ def _print_status(report: dict) -> None:
         verdict = "[green]intact[/]" if v["intact"] else "[red]" + escape("; ".join(v["problems"])) + "[/]"
         console.print(f"  {v['version']}: {verdict}", highlight=False)
     _print_continual(report.get("continual"))
+    for p in report.get("pending") or []:
+        console.print(f"pending: {p['batch_id']} since {p.get('since', '?')}, {p.get('attempts', 0)} attempt(s): "
+                      f"{escape(str(p.get('why', '')))}", highlight=False, soft_wrap=True)
     m = report.get("mirror")
     if m:
         state = (f"[red]{escape(m['error'])}[/]" if m.get("error") else f"production {m['production'] or 'none'}, "
@@ -553,7 +569,10 @@ def _print_continual(continual: dict | None) -> None:
 def status(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
            as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
     """Production, its lineage back to the first batch, aliases, integrity of every version."""
+    from tasks.policy import pending_report
+
     report = status_report(_registry(workspace))
+    report["pending"] = pending_report(workspace.resolve() / "data")
     mirror = _mirror(workspace)
     if mirror:
         report["mirror"] = mirror_report(_registry(workspace), mirror)

@@ -136,10 +136,15 @@ def _gate(metadata: dict) -> list[str]:
         c = c if isinstance(c, dict) else {}
         passed = c.get("passed")
         verdict = "-" if passed is None else ("pass" if passed else "FAIL")
-        rows.append([c.get("name"), c.get("kind"), c.get("champion"), c.get("candidate"), c.get("threshold"), verdict])
+        flips = "-" if c.get("neg_flips") is None else f"{c['neg_flips']}/{c.get('pos_flips')}"
+        rows.append([c.get("name"), c.get("kind"), c.get("reference") or ("champion" if c.get("kind") in ("old_slice", "old_overall") else None), c.get("champion"),
+                     c.get("candidate"), c.get("threshold"), flips, verdict + (" (low power)" if c.get("low_power") else "")])
     reasons = [f"- {_cell(r)}" for r in (gate.get("reasons") or [])]
-    return (["## Promotion gate", "", "The checks this version passed against the production model it replaced.", ""]
-            + _table(["check", "kind", "champion", "candidate", "threshold", "verdict"], rows)
+    return (["## Promotion gate", "", "The checks this version passed against the production model it replaced "
+             "(per step) and against each slice's best version in the lineage (floor); flips -/+ = rows the "
+             "reference answered right and this version wrong / the reverse.", ""]
+            + _table(["check", "kind", "reference", "reference score", "candidate", "threshold", "flips -/+",
+                      "verdict"], rows)
             + ([""] + reasons if reasons else []))
 
 

@@ -60,7 +60,8 @@ def report_paths(outcome: dict, run_dir: Path) -> dict[str, str]:
 def gate_rows(outcome: dict) -> list[dict[str, Any]]:
     """One row per gate check (slice, old exam, new batch) for a table artifact."""
     checks = ((outcome.get("details") or {}).get("gate") or {}).get("checks") or []
-    keep = ("name", "kind", "rows", "champion", "candidate", "lower_bound", "p_value", "threshold", "verdict")
+    keep = ("name", "kind", "rows", "reference", "champion", "candidate", "lower_bound", "p_value", "threshold",
+            "low_power", "neg_flips", "pos_flips", "verdict")
     return [{k: c.get(k) for k in keep} for c in checks]
 
 
@@ -73,6 +74,8 @@ def summary(outcome: dict, run_dir: Path, flow_run_id: str | None = None) -> dic
         "production": outcome.get("production"), "reasons": outcome.get("reasons", []),
         "validation": validation_headline(details), "drift": drift_headline(details),
         "gate": [{k: r[k] for k in ("name", "verdict", "champion", "candidate")} for r in gate_rows(outcome)],
+        "attempts": len(details.get("attempts") or []), "pending": details.get("pending"),
+        "negative_flip_rate": (details.get("flips") or {}).get("negative_rate"),
         "reports": report_paths(outcome, run_dir), "flow_run_id": flow_run_id,
     }
 
@@ -88,6 +91,17 @@ def markdown(outcome: dict, run_dir: Path) -> str:
     if details.get("champion_moved"):
         moved = details["champion_moved"]
         lines.append(f"- production moved {moved['from']} → {moved['to']} while this run waited; judged against {moved['to']}")
+    attempts = details.get("attempts") or []
+    if attempts:
+        lines.append(f"- attempts: {len(attempts)} ("
+                     + ", ".join(f"{a['attempt']}: {'pass' if a['promote'] else 'rejected'}, {a['seconds']:.0f} s"
+                                 for a in attempts) + ")")
+    flips = details.get("flips") or {}
+    if flips.get("negative_rate") is not None:
+        lines.append(f"- negative flips: {flips['negative']} old rows right before, wrong now "
+                     f"({flips['negative_rate']:.2%}); positive {flips['positive']}")
+    if status == "rejected" and details.get("pending"):
+        lines.append(f"- still pending, carried into the next retrain: {', '.join(details['pending'])}")
     lines += ["", "## Reasons", *[f"- {r}" for r in outcome.get("reasons", [])]]
     if details.get("gate_table"):
         lines += ["", "## Gate, per slice", details["gate_table"]]

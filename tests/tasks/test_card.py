@@ -71,8 +71,8 @@ def test_exam_metrics_per_slice():
 def test_gate_table_when_checks_exist():
     card = render_card(METADATA, LINEAGE)
     assert "## Promotion gate" in card
-    assert "| slice:banking | old_slice | 0.9580 | 0.9510 | 0.9380 | pass |" in card
-    assert "| new batch held-out | new_batch | - | 0.9490 | 0.5000 | pass |" in card
+    assert "| slice:banking | old_slice | champion | 0.9580 | 0.9510 | 0.9380 | - | pass |" in card
+    assert "| new batch held-out | new_batch | - | - | 0.9490 | 0.5000 | - | pass |" in card
     assert "- all 3 checks passed" in card
     assert "## Promotion gate" not in render_card({**METADATA, "gate": {"checks": []}}, LINEAGE)
     assert "## Promotion gate" not in render_card({**METADATA, "gate": None}, LINEAGE)
@@ -91,7 +91,7 @@ def test_sparse_and_odd_metadata_still_render():
     odd = {"version": "v0009", "metrics": {"overall": "n/a", "slices": {"x": None}},
            "gate": {"checks": [{"name": "weird"}, "not a dict", {"passed": False, "candidate": "0.5"}]}}
     card = render_card(odd, [{"version": "v0009"}])
-    assert "| weird | - | - | - | - | - |" in card and "FAIL" in card and "| x | - | - | - |" in card
+    assert "| weird | - | - | - | - | - | - | - |" in card and "FAIL" in card and "| x | - | - | - |" in card
 
 
 def test_continual_learning_section_from_the_accuracy_matrix():

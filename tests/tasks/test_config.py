@@ -172,7 +172,7 @@ def test_params_hash_distinct_over_many_single_changes():
         sub = getattr(base, section.name)
         for f in dataclasses.fields(sub):
             value = getattr(sub, f.name)
-            if isinstance(value, str):
+            if isinstance(value, (str, tuple)):  # a tuple: remediation.ladder, tested on its own
                 continue
             if isinstance(value, bool):  # a flag flips (True + 1 is not a bool)
                 bumped = not value
@@ -193,3 +193,19 @@ def test_registry_mirror_must_be_an_s3_uri():
             params_from_dict({"registry": {"mirror": bad}})
     with pytest.raises(ConfigError, match="registry.mirrors"):
         params_from_dict({"registry": {"mirrors": "s3://b"}})
+
+
+def test_remediation_ladder_rungs_are_validated_when_params_load():
+    ok = params_from_dict({"remediation": {"ladder": [{"train.distill_weight": 1.0}, {"replay.ratio": 2}]}})
+    from tasks.config import attempt_params
+
+    assert attempt_params(ok, 0) is ok
+    assert attempt_params(ok, 1).train.distill_weight == 1.0 and attempt_params(ok, 2).replay.ratio == 2.0
+    assert attempt_params(ok, 2).train.distill_weight == 0.0  # each rung applies on top of the params, alone
+    for bad, named in (([{"train.no_such_key": 1}], "remediation.ladder\[0\]"),
+                       ([{"train.lr": "fast"}], "train.lr"), ({"train.lr": 1}, "list of mappings"),
+                       ([{"lr": 1}], "section.key"), ([{"remediation.max_attempts": 9}], "section.key")):
+        with pytest.raises(ConfigError, match=named):
+            params_from_dict({"remediation": {"ladder": bad}})
+    with pytest.raises(ConfigError, match="max_attempts"):
+        params_from_dict({"remediation": {"max_attempts": 0}})
