@@ -23,16 +23,16 @@ def write_answers(model_dir: str | Path, sheets: dict) -> Path:
     return path
 
 
-def read_answers(model_dir: str | Path) -> dict[str, int] | None:
-    """{row key: 1/0}, or None for a version stored before answers were kept."""
+def read_answers(model_dir: str | Path) -> pd.Series | None:
+    """1/0 per row key, or None for a version stored before answers were kept."""
     path = Path(model_dir) / ANSWERS_FILE
     if not path.exists():
         return None
     frame = pd.read_parquet(path, columns=["key", "correct"])
-    return dict(zip(frame["key"], frame["correct"].astype(int)))
+    return pd.Series(frame["correct"].astype(int).to_numpy(), index=frame["key"].astype(str))
 
 
-def lineage_answers(reg, version: str | None) -> dict[str, dict[str, int]]:
+def lineage_answers(reg, version: str | None) -> dict[str, pd.Series]:
     """{version: answers} for `version` and its ancestors that kept their answers, oldest first."""
     if not version:
         return {}
