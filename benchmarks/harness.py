@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.metrics import stream_scores
 from benchmarks.streams import Batch
-from tasks.config import Params
+from tasks.config import Params, attempt_params
 from tasks.evaluate import evaluate, predict, sheets
 from tasks.finetune import train_candidate
 from tasks.gate import decide
@@ -101,7 +101,7 @@ class Answers:
         self.by_model: dict[str, dict[str, list[str]]] = {}
         self.ev = {"batch_size": params.evaluate.batch_size, "max_length": params.model.max_length}
 
-    def evaluate(self, path: str, clf: Classifier, batches: list[Batch], new_name: str) -> dict:
+    def evaluate(self, path: str, clf: Classifier, batches: list[Batch], new_name: str | list[str]) -> dict:
         """`tasks.evaluate.evaluate` on the exam of `batches`, predicting only what is new."""
         known = self.by_model.setdefault(path, {})
         for b in batches:
@@ -117,37 +117,69 @@ class Answers:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: str = "enforce") -> StrategyRun:
-    """The stream batch by batch; the gate decides (or, when advisory, only counts)."""
-    run, started = StrategyRun(matrix=[]), time.perf_counter()
+@dataclass
+class Stream:
+    """What the chain knows while a strategy runs: production, the batches it learned, the
+    ones still pending (rejected after every attempt), and each version's exam answers."""
+
     champion: str | None = None
-    accepted: list[Batch] = []
-    answers = Answers(params)
+    accepted: list[Batch] = field(default_factory=list)
+    pending: list[Batch] = field(default_factory=list)
+    history: dict[str, pd.Series] = field(default_factory=dict)
+
+
+def _judge(stream: Stream, batch: Batch, i: int, attempt: int, params: Params, workdir: Path, answers: Answers):
+    """One attempt: train from production on the batch (and pending rows), examine, gate."""
+    train = pd.concat([*[b.train for b in stream.pending], batch.train], ignore_index=True)
+    cand = _train(stream.champion, train, batch.split.dev, workdir / f"candidate-{i:02d}-{attempt}", params)
+    exam = stream.accepted + stream.pending + [batch]
+    new_ids = [batch.name, *[b.name for b in stream.pending]]
+    cand_clf = load_classifier(cand.path)
+    cand_sheet = answers.evaluate(cand.path, cand_clf, exam, new_ids)
+    champ_clf = load_classifier(stream.champion) if stream.champion else None
+    champ_sheet = answers.evaluate(stream.champion, champ_clf, exam, new_ids) if stream.champion else None
+    decision = decide(cand_sheet, champ_sheet, params.gate, params.train.seed, stream.history)
+    return cand, cand_clf, cand_sheet, champ_clf, champ_sheet, decision
+
+
+def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: str = "enforce") -> StrategyRun:
+    """The stream batch by batch. Enforced, the gate decides as in the flow: a rejected
+    candidate is retried with the remediation ladder, and a batch no attempt fixes stays
+    pending and is trained on with the next one. Advisory, the first attempt's verdict is
+    only counted and the chain always advances."""
+    run, started = StrategyRun(matrix=[]), time.perf_counter()
+    stream, answers = Stream(), Answers(params)
+    attempts = min(params.remediation.max_attempts, len(params.remediation.ladder) + 1) if gate == "enforce" else 1
     for i, batch in enumerate(batches):
-        cand = _train(champion, batch.train, batch.split.dev, workdir / f"candidate-{i:02d}", params)
-        exam = accepted + [batch]
-        cand_clf = load_classifier(cand.path)
-        cand_sheet = answers.evaluate(cand.path, cand_clf, exam, batch.name)
-        champ_clf = load_classifier(champion) if champion else None
-        champ_sheet = answers.evaluate(champion, champ_clf, exam, batch.name) if champion else None
-        decision = decide(cand_sheet, champ_sheet, params.gate, params.train.seed)
+        tried = []
+        for attempt in range(attempts):
+            got = _judge(stream, batch, i, attempt, attempt_params(params, attempt), workdir, answers)
+            cand, cand_clf, cand_sheet, champ_clf, champ_sheet, decision = got
+            tried.append(decision.promote)
+            run.samples += cand.train.samples
+            run.train_s += cand.train.seconds
+            if decision.promote or gate == "advisory" or attempt == attempts - 1:
+                break
+            answers.forget(cand.path)
         run.promotions += decision.promote
         run.rejections += not decision.promote
-        run.samples += cand.train.samples
-        run.train_s += cand.train.seconds
         if decision.promote or gate == "advisory":
-            answers.forget(champion)
-            champion, prod, sheet = cand.path, cand_clf, cand_sheet
-            accepted.append(batch)
+            answers.forget(stream.champion)
+            stream.champion, prod, sheet = cand.path, cand_clf, cand_sheet
+            stream.accepted += [*stream.pending, batch]
+            stream.pending = []
+            stream.history[cand.path] = pd.Series(cand_sheet["rows"]["correct"], index=cand_sheet["rows"]["key"])
         else:
             answers.forget(cand.path)
+            stream.pending.append(batch)
             prod, sheet = champ_clf, champ_sheet
         known = {name: s["accuracy"] for name, s in sheet["all"]["batches"].items()} if sheet else {}
         run.matrix.append(matrix_row(prod, known, batches, params) if prod else [0.0] * len(batches))
         run.batches.append({"batch": batch.name, "promoted": decision.promote, "reasons": decision.reasons[:3],
+                            "attempts": tried, "pending": [b.name for b in stream.pending],
                             "new_rows": cand.train.new_rows, "replay_rows": cand.train.replay_rows,
                             "train_samples": cand.train.samples, "train_s": cand.train.seconds})
-    answers.forget(champion)
+    answers.forget(stream.champion)
     run.wall_s = time.perf_counter() - started
     run.peak_mem_mb = peak_mem_mb()
     return run
