@@ -34,6 +34,7 @@ class Judged:
     candidate: object
     sheets: dict
     decision: object
+    params: Params  # the settling attempt's params: recorded with the version, replayed by audits
     attempts: list[dict] = field(default_factory=list)
     scratch: list[str] = field(default_factory=list)
 
@@ -92,7 +93,7 @@ def train_and_judge(run, split: Split, batch_id: str, lineage: list[str], pendin
         params = attempt_params(run.params, attempt)
         candidate, sheets, decision = _attempt(run, params, champion_dir, split, batch_id, exam)
         record = _record(attempt, run.params, decision, candidate, time.monotonic() - t0)
-        judged = Judged(candidate, sheets, decision, (judged.attempts if judged else []) + [record],
+        judged = Judged(candidate, sheets, decision, params, (judged.attempts if judged else []) + [record],
                         (judged.scratch if judged else []) + [candidate.path])
         get_run_logger().info("attempt %d: %s", attempt + 1, "passed" if decision.promote else "; ".join(decision.reasons))
         if decision.promote:

@@ -178,12 +178,13 @@ def _policy_stage(run: Run, drift, batch_id: str, force: bool, waiting_rows: int
     return run.outcome("skipped", batch_id, [policy.reason, drift.reason])
 
 
-def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: str, lineage: list[str]) -> str:
+def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: str, lineage: list[str],
+                   params: Params | None = None) -> str:
     """Register the candidate as a new immutable version (with the lineage's accuracy
     matrix grown by one row), move production to it, then mirror it when configured."""
     write_answers(candidate.path, cand_sheets)  # sealed with the version: the next gate's floor
-    metadata = version_metadata(
-        run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
+    metadata = version_metadata(  # the promoted attempt's params: an audit replays exactly those
+        params or run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
         metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
         run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws))
     parent = run.reg.metadata(run.champion) if run.champion else {}
@@ -226,8 +227,9 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     known = is_known(batch, ws, run.params.validate.s3_endpoint or None)
     if known and not force:
         run.run_id = f"{_stamp()}-{known}"
-        return _finish(run.outcome("skipped", known, [
-            f"batch {known} was already accepted; use --force to train on it again"]), run)
+        why = (f"batch {known} is already pending: the next retrain trains on it" if known in load_pending(ws.data_dir)
+               else f"batch {known} was already accepted; use --force to train on it again")
+        return _finish(run.outcome("skipped", known, [why]), run)
 
     got = intake_task(batch, ws, run.params.validate, run.params.intake.max_bytes)
     run.run_id = f"{_stamp()}-{got.batch_id}"
@@ -272,7 +274,7 @@ def _settle(run: Run, judged, batch_id: str, lineage: list[str]) -> dict:
         reasons = decision.reasons + [f"batch {batch_id} stays pending: the next retrain trains on it "
                                       "(`ratchet pending drop` removes it)"]
         return _finish(run.outcome("rejected", batch_id, reasons), run)
-    version = _promote_stage(run, judged.candidate, judged.sheets, decision, batch_id, lineage)
+    version = _promote_stage(run, judged.candidate, judged.sheets, decision, batch_id, lineage, judged.params)
     clear_pending(run.ws.data_dir, [*lineage, batch_id], version)
     note = [f"promoted at attempt {tried} of {run.params.remediation.max_attempts}"]
     return _finish(run.outcome("promoted", batch_id, note + decision.reasons, version=version), run)

@@ -149,8 +149,13 @@ def main() -> None:
     for who, path in (("candidate", pipeline.BUILD / "finetune" / "candidate"), ("champion", parent)):
         clf = load_classifier(path) if path else None
         sheets[who] = evaluate(clf, exam, batch_id, batch_size=p.evaluate.batch_size, max_length=p.model.max_length)
+    from tasks.answers import lineage_answers
+    from tasks.registry import Registry
+
     out = pipeline.stage_dir("evaluate")
-    pipeline.write_json(out / "scores.json", sheets)
+    # the parent's lineage answers: the gate stage's floor, as the flow judged it
+    history = lineage_answers(Registry(pipeline.workspace().models_dir), pipeline.parent(p))
+    pipeline.write_json(out / "scores.json", {**sheets, "history": {v: a.to_dict() for v, a in history.items()}})
     pipeline.write_json(out / "metrics.json", {
         "candidate": {"overall": sheets["candidate"]["all"]["overall"]["accuracy"],
                       **{k: v["accuracy"] for k, v in sheets["candidate"]["all"]["slices"].items()}}})

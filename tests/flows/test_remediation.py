@@ -80,7 +80,7 @@ def test_an_unfixable_candidate_leaves_the_batch_pending_and_the_next_delivery_c
     assert status["pending"][0]["batch_id"] == rejected["batch_id"]
     # the same bytes again are recognised, not trained on twice: the batch is already pending
     again = retrain(batch=str(batches["b"]), workspace=str(ws))
-    assert again["status"] == "skipped"
+    assert again["status"] == "skipped" and "already pending" in again["reasons"][0]
 
     carried = retrain(batch=str(batches["c"]), workspace=str(ws))  # default params: replay on
     assert carried["status"] == "promoted", carried["reasons"]
