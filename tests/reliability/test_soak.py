@@ -29,6 +29,7 @@ import json
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,15 +46,18 @@ pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_torch_thread
 SEED = int(os.environ.get("RATCHET_SOAK_SEED", "20261202"))
 
 # no replay at attempt 1 (the tiny model forgets every old slice); the remediation rung
-# replays, and passes. checkpoint_every: a kill mid fine-tune has a checkpoint to resume from
+# replays (4 old rows per new one), and passes a gate loosened for a model this small: the
+# drill is about faults, not about the gate. checkpoint_every: a kill mid fine-tune has a
+# checkpoint to resume from
 PARAMS = """\
 model: {base: tiny, max_length: 32}
 validate: {min_rows: 5}
 retrain: {when: always}
 replay: {capacity: 200, ratio: 0.0}
-train: {epochs: 12, batch_size: 16, lr: 2.0e-3, warmup_ratio: 0.0, seed: 7, precision: fp32, checkpoint_every: 2}
-gate: {tolerance: 0.2, min_new_slice_score: 0.5, min_slice_size: 10, n_resamples: 200}
-remediation: {max_attempts: 2, ladder: [{replay.ratio: 1.0}]}
+train: {epochs: 15, batch_size: 16, lr: 2.0e-3, warmup_ratio: 0.0, seed: 7, precision: fp32, checkpoint_every: 2}
+gate: {tolerance: 0.2, max_total_drop: 0.2, max_negative_flip_rate: 0.2, min_new_slice_score: 0.5,
+       min_slice_size: 10}
+remediation: {max_attempts: 2, ladder: [{replay.ratio: 4.0}]}
 ops: {promote_limit: ""}
 """
 CAPPED = ["--set", "remediation.max_attempts=1"]  # one attempt: forgets, rejected, stays pending
@@ -265,6 +269,8 @@ class Stream:
                 self.codes.append(codes)
                 self.states.append(state(self.ws))
                 self.seconds.append(round(time.monotonic() - t0, 1))
+                print(f"soak {self.name} run {d.run}: exits {codes} in {self.seconds[-1]} s", file=sys.__stderr__,
+                      flush=True)
         except BaseException:
             self.abort.set()
             raise
