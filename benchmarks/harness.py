@@ -70,9 +70,12 @@ def peak_mem_mb() -> float:
     return rss
 
 
-def _train(champion: str | None, train: pd.DataFrame, dev: pd.DataFrame, out: Path, params: Params):
+def _train(champion: str | None, train: pd.DataFrame, dev: pd.DataFrame, out: Path, params: Params,
+           pool: pd.DataFrame | None = None):
     # the engine may take a dev split (early stopping); pass it only where it is accepted
     kwargs = {"champion_dir": champion, "train_rows": train, "out_dir": out, "params": params}
+    if pool is not None:
+        kwargs["replay_pool"] = pool
     if "dev_rows" in inspect.signature(train_candidate).parameters:
         kwargs["dev_rows"] = dev
     return train_candidate(**kwargs)
@@ -131,7 +134,9 @@ class Stream:
 def _judge(stream: Stream, batch: Batch, i: int, attempt: int, params: Params, workdir: Path, answers: Answers):
     """One attempt: train from production on the batch (and pending rows), examine, gate."""
     train = pd.concat([*[b.train for b in stream.pending], batch.train], ignore_index=True)
-    cand = _train(stream.champion, train, batch.split.dev, workdir / f"candidate-{i:02d}-{attempt}", params)
+    pool = pd.concat([b.train for b in stream.accepted], ignore_index=True) \
+        if params.replay.pool == "lineage" and stream.accepted else None
+    cand = _train(stream.champion, train, batch.split.dev, workdir / f"candidate-{i:02d}-{attempt}", params, pool)
     exam = stream.accepted + stream.pending + [batch]
     new_ids = [batch.name, *[b.name for b in stream.pending]]
     cand_clf = load_classifier(cand.path)

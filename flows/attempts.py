@@ -24,7 +24,7 @@ from tasks.config import Params, attempt_params, params_hash
 from tasks.evaluate import evaluate_task, load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import flipped_rows, gate_task
-from tasks.intake import Split
+from tasks.intake import Split, load_train
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Exam:
     champion: dict | None
     history: dict
     new_ids: list[str]
+    learned: list[str]  # the batches production learned: the pool `replay.pool: lineage` draws from
 
 
 def examine_champion(run, champion_dir, batch_id: str, lineage: list[str], pending: list[str]) -> Exam:
@@ -59,12 +60,13 @@ def examine_champion(run, champion_dir, batch_id: str, lineage: list[str], pendi
     champ = evaluate_task(champion_dir, exam, new_ids, params.evaluate, params.model.max_length) \
         if run.champion else None
     history = lineage_answers(run.reg, run.champion)
-    return Exam(exam, champ, history, new_ids)
+    return Exam(exam, champ, history, new_ids, [b for b in lineage if b not in new_ids])
 
 
 def _attempt(run, params: Params, champion_dir, split: Split, batch_id: str, exam: Exam):
     key = f"{batch_id}-{run.champion or 'base'}-{params_hash(params)}"
-    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / key, params, split.dev)
+    pool = load_train(exam.learned, run.ws) if params.replay.pool == "lineage" and exam.learned else None
+    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / key, params, split.dev, pool)
     sheets = evaluate_task(candidate.path, exam.rows, exam.new_ids, params.evaluate, params.model.max_length)
     decision = gate_task(sheets, exam.champion, params.gate, params.train.seed, exam.history)
     return candidate, sheets, decision

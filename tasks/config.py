@@ -115,6 +115,9 @@ class ReplayConfig:
     strategy: str = "reservoir"
     capacity: int = 2000
     ratio: float = 1.0
+    # where replayed rows come from: the version's bounded buffer, or every training row
+    # of production's lineage kept in data/ (a remediation rung: much more to replay)
+    pool: str = "buffer"
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,7 @@ _CHOICES = {
     ("train", "precision"): {"auto", "fp32", "bf16"},
     ("train", "device"): {"auto", "cpu", "cuda"},
     ("replay", "strategy"): {"reservoir", "class_balanced", "slice_balanced"},
+    ("replay", "pool"): {"buffer", "lineage"},
     ("validate", "on_bad_rows"): {"reject_batch", "drop_rows"},
     ("labels", "kl_action"): {"warn", "fail"},
     ("drift", "embedding_method"): {"model", "mmd", "distance"},

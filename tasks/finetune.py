@@ -104,20 +104,33 @@ def _write_atomically(out_dir: Path, clf: Classifier, buffer: ReplayBuffer, repo
     os.replace(tmp, out_dir)
 
 
+def replay_sample(buffer: ReplayBuffer, pool: pd.DataFrame | None, n: int, seed: int) -> pd.DataFrame:
+    """n replayed rows: from the buffer, or, when a pool of stored lineage rows is given
+    (`replay.pool: lineage`), drawn from it by a generator of its own, so the buffer's
+    state (and what the candidate stores) is the same either way."""
+    if pool is None:
+        return buffer.sample(n)
+    n = min(n, len(pool))
+    picked = np.random.default_rng([seed, 2]).choice(len(pool), size=n, replace=False) if n else []
+    return pool[COLUMNS].iloc[np.sort(picked)].reset_index(drop=True)
+
+
 def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: Params,
                     dev_rows: pd.DataFrame | None = None,
-                    on_step: Callable[[int], None] | None = None) -> Candidate:
+                    on_step: Callable[[int], None] | None = None,
+                    replay_pool: pd.DataFrame | None = None) -> Candidate:
     """The finetune stage: champion (or base) + new rows + replay sample -> candidate dir.
 
     The candidate directory holds the model and the replay buffer its successor will
-    use: the champion's buffer with this batch's train rows offered to it."""
+    use: the champion's buffer with this batch's train rows offered to it. `replay_pool`:
+    the lineage's stored training rows, replayed instead of the buffer's."""
     out_dir, cfg = Path(out_dir), params.train
     train_rows, dev = dev_split(train_rows, dev_rows, share=cfg.dev_share, patience=cfg.early_stopping_patience,
                                 seed=cfg.seed)
     batch_labels = sorted(train_rows["label"].astype(str).unique())
     clf, parent_buffer, new_labels = _starting_point(champion_dir, batch_labels, params)
     buffer = derive_buffer(parent_buffer, params.replay.strategy, capacity=params.replay.capacity, seed=cfg.seed)
-    replay = buffer.sample(int(round(params.replay.ratio * len(train_rows))))
+    replay = replay_sample(buffer, replay_pool, int(round(params.replay.ratio * len(train_rows))), cfg.seed)
     rows = training_rows(train_rows, replay)
     data = TrainSet(rows, len(replay), dev, _teacher(champion_dir, replay, params))
     done = _finished(out_dir, fingerprint(clf, data, cfg, params.model))
@@ -136,9 +149,10 @@ from prefect import task  # noqa: E402
 
 
 @task(name="finetune")
-def finetune_task(champion_dir, train_rows: pd.DataFrame, out_dir, params, dev_rows=None) -> Candidate:
+def finetune_task(champion_dir, train_rows: pd.DataFrame, out_dir, params, dev_rows=None,
+                  replay_pool: pd.DataFrame | None = None) -> Candidate:
     return train_candidate(champion_dir=champion_dir, train_rows=train_rows, out_dir=out_dir, params=params,
-                           dev_rows=dev_rows)
+                           dev_rows=dev_rows, replay_pool=replay_pool)
 
 
 def main() -> None:

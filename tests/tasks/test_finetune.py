@@ -290,3 +290,21 @@ def test_train_report_json_fields(toy, workspace, tmp_path):
     assert report["new_labels"] == cand.new_labels
     assert report["samples"] == report["new_samples"] + report["replay_samples"]
     assert ReplayBuffer.load(tmp_path / "c").strategy == "class_balanced"
+
+
+def test_replay_from_the_lineage_pool_draws_from_the_pool_and_keeps_the_buffer_the_same(toy):
+    import pandas as pd
+
+    from tasks.finetune import replay_sample
+    from tasks.replay import new_buffer
+
+    old = toy(["weather", "music"], per_label=20, seed=1, slice_name="A").assign(batch_id="b-1")
+    buffer = new_buffer("reservoir", capacity=10, seed=0)
+    buffer.add(old)
+    state = buffer.manifest()["rng_state"]
+    pool = pd.concat([old, toy(["food"], per_label=20, seed=2, slice_name="B").assign(batch_id="b-2")])
+    got = replay_sample(buffer, pool, 30, seed=7)
+    assert len(got) == 30 and set(got["batch_id"]) == {"b-1", "b-2"}  # more than the 10-row buffer holds
+    assert got.equals(replay_sample(buffer, pool, 30, seed=7))  # seeded
+    assert buffer.manifest()["rng_state"] == state  # the buffer's generator was not touched
+    assert len(replay_sample(buffer, None, 30, seed=7)) == 10  # without a pool: the buffer, capped
