@@ -113,7 +113,11 @@ def _claim_production(run: Run, batch_id: str, force: bool) -> tuple[list[str], 
         run.details["champion_moved"] = {"from": run.champion, "to": current}
         run.champion = current
     lineage = run.reg.metadata(current)["batch_ids"] if current else []
+    if set(load_pending(run.ws.data_dir)) & set(lineage):  # a run killed between promote and clear_pending
+        clear_pending(run.ws.data_dir, lineage, current)
     if batch_id in lineage and not force:
+        for left in run.ws.scratch_dir.glob(f"{batch_id}-*"):  # that killed run's candidates
+            shutil.rmtree(left, ignore_errors=True)
         return lineage, run.outcome("skipped", batch_id, [
             f"batch {batch_id} is already in production {current}: promoted by a concurrent run while this one "
             "waited, or by an earlier run of it killed before it recorded its decision"])

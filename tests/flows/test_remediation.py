@@ -137,3 +137,32 @@ def test_a_kill_between_attempts_resumes_without_retraining_finished_attempts(
     outcome = retrain(batch=str(batches["b"]), workspace=str(ws), overrides=FORGETS)
     assert outcome["status"] == "promoted" and len(outcome["details"]["attempts"]) == 2
     assert trained == [1]  # attempt 1 was reused from its finished candidate; only attempt 2 trained
+
+
+def test_a_run_killed_between_the_promotion_and_clearing_pending_leaves_nothing_pending(
+        tmp_path, batches, prefect_server, one_torch_thread, monkeypatch):
+    """Found by the soak drill: the rerun of such a run is skipped ("already in production")
+    and must still clear the batches that version learned, and its leftover candidates."""
+    import flows.retrain as flow
+    from tasks.workspace import Workspace
+
+    ws = _workspace(tmp_path, "remediation: {max_attempts: 1}\n")
+    assert retrain(batch=str(batches["a"]), workspace=str(ws))["status"] == "promoted"
+    rejected = retrain(batch=str(batches["b"]), workspace=str(ws), overrides=FORGETS)
+    assert rejected["status"] == "rejected" and load_pending(ws / "data") == [rejected["batch_id"]]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed after the production move")
+
+    monkeypatch.setattr(flow, "clear_pending", killed)
+    with pytest.raises(BaseException):
+        retrain(batch=str(batches["c"]), workspace=str(ws))
+    monkeypatch.undo()
+    production = Registry(ws / "models").resolve("production")
+    assert rejected["batch_id"] in Registry(ws / "models").metadata(production)["batch_ids"]
+    assert load_pending(ws / "data") == [rejected["batch_id"]]  # what the kill left behind
+
+    rerun = retrain(batch=str(batches["c"]), workspace=str(ws))
+    assert rerun["status"] == "skipped" and "already in production" in rerun["reasons"][0]
+    assert load_pending(ws / "data") == []
+    assert not list(Workspace.at(ws).scratch_dir.glob(f"{rerun['batch_id']}-*"))

@@ -1,25 +1,30 @@
 """Soak drill: a stream of deliveries through child `ratchet retrain` processes, once
 fault-free and once with faults, must end in the same place.
 
-The stream (12 deliveries, seeded): good batches of two labels each (no replay at
-attempt 1, so the tiny model forgets the old slices, the gate rejects it and the
-remediation rung `replay.ratio: 1.0` fixes it at attempt 2), two bad files that
-validation quarantines, and two deliveries capped at one attempt (`--set
-remediation.max_attempts=1`) that are rejected and stay pending; the first of them is
-carried in by the next delivery, the last one is still pending at the end.
+The stream (12 deliveries, fixed seeds): good batches of two labels each (no replay at
+attempt 1, so the tiny model forgets the old slices and the gate rejects it; the
+remediation rung `replay.ratio: 3.0` fixes it at attempt 2), two bad files that
+validation quarantines (no `label` column; random bytes), and two deliveries capped at
+one attempt (`--set remediation.max_attempts=1`) that are rejected and stay pending: the
+first is carried in by the next delivery, the last is still pending at the end.
 
-The faulty run: every third run is SIGKILLed at a seeded random point (at intake, mid
-fine-tune, after the first attempt's candidate, inside the promotion at a kill point of
-faults.py, or once production has moved) and the same command is run again until it
-exits normally; the S3 mirror's endpoint is down during two runs (for the whole run,
-then for a short outage that ends mid-push). Both streams run at once, each in its own
-workspace.
+The faulty run, in its own workspace at the same time as the fault-free one: every third
+run is SIGKILLed at a seeded random point (after the first attempt's candidate, at a
+kill point of faults.py inside the promotion, just after production moved, mid
+fine-tune, or after intake) and the same command is run again until it exits normally;
+the S3 mirror's endpoint is down during two runs (the whole run: the push fails after
+its retries and the promotion stands locally; then a short outage that ends mid-push).
 
-Guarantee proved (README, Guarantees): the faulty run ends with the same production
-version, versions, lineage (batch ids and parent chain), pending list and weights
-(bitwise, CPU) as the fault-free one, after every delivery and at the end; nothing
-delivered is lost (each batch is in the lineage, pending, or quarantined byte-for-byte);
-the registry is consistent; and the mirror catches up with `ratchet models push`.
+Guarantee proved (README, Guarantees): after every delivery and at the end, the faulty
+workspace has the same production version, versions, lineage (batch ids and parent
+chain), pending list and weights (bitwise, CPU) as the fault-free one; nothing delivered
+is lost (each batch is in the lineage, pending, or quarantined byte-for-byte); both
+registries are consistent; `ratchet models push` brings the mirror up to date.
+
+A bug this drill found (fixed in flows/retrain.py `_claim_production`): a run killed after
+the production move but before `clear_pending` was rerun as "skipped: already in
+production" and left the batches that version learned listed in data/pending.json until
+the next promotion. The check for it stays below. RATCHET_SOAK_SEED picks other kill points.
 """
 
 from __future__ import annotations
@@ -41,12 +46,13 @@ import pytest
 from drills import CHILD_TIMEOUT, Endpoint, Reaped, child_env, ratchet, registry_is_consistent
 from faults import POINTS
 
-pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_torch_thread")]
+# ~7 min on the 2-core box: in `make test-reliability` and `make test-all`, not in `make test`
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
-SEED = int(os.environ.get("RATCHET_SOAK_SEED", "20261202"))
+SEED = int(os.environ.get("RATCHET_SOAK_SEED", "2"))  # 2: attempt2, promotion, published, training
 
 # no replay at attempt 1 (the tiny model forgets every old slice); the remediation rung
-# replays (4 old rows per new one), and passes a gate loosened for a model this small: the
+# replays (3 old rows per new one), and passes a gate loosened for a model this small: the
 # drill is about faults, not about the gate. checkpoint_every: a kill mid fine-tune has a
 # checkpoint to resume from
 PARAMS = """\
@@ -54,10 +60,10 @@ model: {base: tiny, max_length: 32}
 validate: {min_rows: 5}
 retrain: {when: always}
 replay: {capacity: 200, ratio: 0.0}
-train: {epochs: 15, batch_size: 16, lr: 2.0e-3, warmup_ratio: 0.0, seed: 7, precision: fp32, checkpoint_every: 2}
+train: {epochs: 15, batch_size: 8, lr: 2.0e-3, warmup_ratio: 0.0, seed: 7, precision: fp32, checkpoint_every: 2}
 gate: {tolerance: 0.2, max_total_drop: 0.2, max_negative_flip_rate: 0.2, min_new_slice_score: 0.5,
        min_slice_size: 10}
-remediation: {max_attempts: 2, ladder: [{replay.ratio: 4.0}]}
+remediation: {max_attempts: 2, ladder: [{replay.ratio: 3.0}]}
 ops: {promote_limit: ""}
 """
 CAPPED = ["--set", "remediation.max_attempts=1"]  # one attempt: forgets, rejected, stays pending
@@ -80,8 +86,8 @@ STREAM = [
 EXPECTED = [0, 0, 0, 4, 0, 0, 0, 3, 0, 4, 0, 3]  # the fault-free exit codes
 KILLED = {3, 6, 9, 12}                   # every third run (1-based)
 OUTAGES = {5: "long", 11: "short"}       # runs during which the faulty mirror's endpoint is down
-KILL_MODES = ["early", "training", "attempt2", "promotion", "published"]
-UNPROMOTED_MODES = ["early", "training"]  # a capped delivery is rejected: no attempt 2, no promotion
+PROMOTED_MODES = ["training", "attempt2", "promotion", "published"]
+UNPROMOTED_MODES = ["early", "training"]
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,7 @@ class Stream:
     ws: Path
     env: dict
     abort: threading.Event
+    nice: int = 0                                 # added to each child's niceness
     codes: list = field(default_factory=list)     # per delivery: the exit codes of its runs
     states: list = field(default_factory=list)    # per delivery: state() after it settled
     log: list = field(default_factory=list)       # what each fault did
@@ -175,15 +182,24 @@ class Stream:
     def args(self, d: Delivery) -> list[str]:
         return ["retrain", "--batch", str(d.path), "--workspace", str(self.ws), *d.args]
 
-    def run(self, d: Delivery, fault: str | None = None) -> tuple[int, str]:
+    def spawn(self, d: Delivery, fault: str | None = None):
         child = ratchet(self.args(d), self.env, fault=fault)
+        if self.nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, child.pid, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+            except OSError:
+                pass
+        return child
+
+    def run(self, d: Delivery, fault: str | None = None) -> tuple[int, str]:
+        child = self.spawn(d, fault)
         with Reaped(child):
             out = child.communicate(timeout=CHILD_TIMEOUT)[0].decode()
         return child.returncode, out
 
     def start(self, d: Delivery):
         """A child whose output is read as it comes (a full pipe would stall it)."""
-        child = ratchet(self.args(d), self.env)
+        child = self.spawn(d)
         chunks: list[bytes] = []
         reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: child.stdout.read(4096), b"")),
                                   daemon=True)
@@ -199,14 +215,15 @@ class Stream:
             assert time.monotonic() < deadline and not self.abort.is_set(), f"no {what} within {CHILD_TIMEOUT} s"
             time.sleep(0.01)
 
-    def killed(self, d: Delivery, mode: str, rng: random.Random) -> tuple[int, str]:
-        """Run `d` and SIGKILL it at `mode`; returns (exit code, where it died)."""
+    def killed(self, d: Delivery, mode: str, rng: random.Random) -> tuple[int, str, bool]:
+        """Run `d` and SIGKILL it at `mode`; returns (exit code, where it died, whether
+        production had moved by then)."""
+        bid, scratch, before = d.batch_id, self.ws / ".ratchet" / "candidates", production_now(self.ws)
         if mode == "promotion":
             point = rng.choice(POINTS)
             code, out = self.run(d, fault=point)
             assert code == -signal.SIGKILL, f"{self.name} run {d.run}: no kill at {point} (exit {code}):\n{out[-3000:]}"
-            return code, f"kill point {point}"
-        bid, scratch, before = d.batch_id, self.ws / ".ratchet" / "candidates", production_now(self.ws)
+            return code, f"kill point {point}", production_now(self.ws) != before
         markers = {
             "early": (lambda: (self.ws / "data" / "batches" / bid / "raw").is_dir(), "intake", 2.0),
             "training": (lambda: any(scratch.glob(f"{bid}-*.run/checkpoint.pt")), "a checkpoint", 0.4),
@@ -224,12 +241,16 @@ class Stream:
             code = child.wait(timeout=60)
         out = output()
         assert code == -signal.SIGKILL, f"{self.name} run {d.run}: the kill came too late (exit {code}):\n{out[-3000:]}"
-        return code, f"{delay:.2f} s after {what}"
+        return code, f"{delay:.2f} s after {what}", production_now(self.ws) != before
+
+    def log_for(self, run: int) -> str:
+        return next((line.split(": ", 1)[1] for line in self.log if line.startswith(f"run {run}: SIGKILL")), "?")
 
     def leftovers(self, d: Delivery) -> str:
         """What the kill left in the workspace (for the drill's log)."""
         scratch = self.ws / ".ratchet" / "candidates"
-        parts = sorted("…" + p.name[-14:] for p in scratch.glob(f"{d.batch_id}-*")) if scratch.exists() else []
+        parts = sorted(p.name[len(d.batch_id) + 1:] for p in scratch.glob(f"{d.batch_id}-*")) \
+            if scratch.exists() else []
         decided = (self.ws / "data" / "batches" / d.batch_id / "decided.json").exists()
         return f"scratch {parts or 'empty'}, production {production_now(self.ws)}, decided {decided}"
 
@@ -248,7 +269,7 @@ class Stream:
                     watcher = self._restart_when_promoted(endpoint, settled) if outage == "short" else None
                 try:
                     if fault.get("kill"):
-                        code, where = self.killed(d, fault["kill"], fault["rng"])
+                        code, where, fault["moved"] = self.killed(d, fault["kill"], fault["rng"])
                         codes.append(code)
                         self.log.append(f"run {d.run}: SIGKILL ({fault['kill']}) {where}; left {self.leftovers(d)}")
                     while not codes or codes[-1] < 0:
@@ -264,7 +285,8 @@ class Stream:
                             endpoint.start()
                 if outage:
                     mirror = (decision(self.ws, d.batch_id) or {}).get("details", {}).get("mirror") or {}
-                    self.log.append(f"run {d.run}: mirror down ({outage}): {mirror.get('error', 'no error: pushed')}"[:300])
+                    said = mirror.get("error", "no error: pushed")
+                    self.log.append(f"run {d.run}: mirror down ({outage}): {said}"[:300])
                     fault["mirror"] = mirror
                 self.codes.append(codes)
                 self.states.append(state(self.ws))
@@ -293,11 +315,13 @@ class Stream:
 
 
 def plan_faults(rng: random.Random) -> dict[int, dict]:
+    """Where each kill lands (a seeded draw) and which runs lose the mirror. A capped
+    delivery is rejected, so its run can only die before or during its one fine-tune."""
     faults: dict[int, dict] = {}
-    modes = rng.sample(KILL_MODES, len(KILL_MODES))
+    modes = rng.sample(PROMOTED_MODES, len(PROMOTED_MODES))
     for run in sorted(KILLED):
         capped = STREAM[run - 1][3] == CAPPED
-        mode = rng.choice(UNPROMOTED_MODES) if capped else modes.pop()
+        mode = ("training" if "training" in modes else rng.choice(UNPROMOTED_MODES)) if capped else modes.pop()
         faults.setdefault(run, {})["kill"] = mode
     for run, kind in OUTAGES.items():
         faults.setdefault(run, {})["outage"] = kind
@@ -331,8 +355,9 @@ def test_a_stream_with_kills_and_mirror_outages_ends_like_the_fault_free_run(
     mirrors = {"clean": Mirror(f"s3://{s3_bucket}/clean", s3_server),
                "faulty": Mirror(f"s3://{s3_bucket}/faulty", endpoint.url)}
     abort = threading.Event()
+    # the fault-free children yield the CPU to the faulty ones, whose stream is the longer
     clean = Stream("clean", make_workspace(tmp_path / "clean", mirrors["clean"].uri, s3_server),
-                   child_env(prefect_api_url), abort)
+                   child_env(prefect_api_url), abort, nice=3)
     faulty = Stream("faulty", make_workspace(tmp_path / "faulty", mirrors["faulty"].uri, endpoint.url),
                     child_env(prefect_api_url), abort)
     faults = plan_faults(random.Random(SEED))
@@ -363,8 +388,13 @@ def test_a_stream_with_kills_and_mirror_outages_ends_like_the_fault_free_run(
             assert got[-1] == want or (want == 0 and got[-1] == 5), (i, got)
         else:
             assert got == [want], (i, got)
+        if faults.get(i, {}).get("kill") == "training":  # the rerun resumed the fine-tune from its checkpoint
+            tried = decision(faulty.ws, stream[i - 1].batch_id)["details"]["attempts"]
+            assert max(t["train"]["resumed_from_step"] for t in tried) >= 2, tried
 
     # same production, versions, lineage, parent chain, weights and pending list, after every delivery
+    # (pending included: a rerun after a kill between the production move and clear_pending
+    # once left the learned batches listed as pending; flows/retrain.py clears them now)
     for d, a, b in zip(stream, clean.states, faulty.states):
         assert a == b, f"after run {d.run} ({d.path.name}): fault-free {a} != faulty {b}"
     end = clean.states[-1]
@@ -388,21 +418,23 @@ def test_a_stream_with_kills_and_mirror_outages_ends_like_the_fault_free_run(
                 assert (bid in lineage) != (bid in pending), (ws, d.path)
                 assert (ws / "data" / "exam" / f"{bid}.parquet").exists()
 
-    # the mirror: the clean one is in sync; the faulty one catches up with `ratchet models push`
-    def mirror_production(name):
-        return mirrors[name].aliases()[0].get("production")
-
-    assert mirror_production("clean") == end["production"]
-    pushed = CliRunner().invoke(app, ["models", "push", "--workspace", str(faulty.ws)])
-    assert pushed.exit_code == 0, pushed.output
-    assert mirror_production("faulty") == end["production"]
+    # the mirror: the clean one is in sync; the faulty one lacks what an outage or a kill
+    # mid-push left out, and `ratchet models push [VERSION]` completes it
+    assert mirrors["clean"].aliases()[0].get("production") == end["production"]
+    assert mirrors["clean"].versions() == end["versions"]
+    missing = sorted(set(end["versions"]) - set(mirrors["faulty"].versions()))
+    for version in [*missing, None]:
+        pushed = CliRunner().invoke(app, ["models", "push", *([version] if version else []),
+                                          "--workspace", str(faulty.ws)])
+        assert pushed.exit_code == 0, pushed.output
+    assert mirrors["faulty"].versions() == end["versions"]
+    assert mirrors["faulty"].aliases()[0].get("production") == end["production"]
     fresh = Registry(tmp_path / "fresh" / "models")
     assert pull(mirrors["faulty"], fresh) == end["production"]
     assert sha256(fresh.path(end["production"]) / "model.safetensors") == end["chain"][0]["weights"]
-    assert set(mirrors["faulty"].versions()) <= set(Registry(faulty.ws / "models").versions())
     with capsys.disabled():
-        missing = sorted(set(end["versions"]) - set(mirrors["faulty"].versions()))
         litter = {s.name: sorted(p.name for p in (s.ws / ".ratchet" / "candidates").glob("*"))
                   for s in (clean, faulty) if (s.ws / ".ratchet" / "candidates").exists()}
-        print(f"faulty mirror lacks {missing or 'nothing'} (pushed only production); scratch left: {litter}; "
-              f"drill took {time.monotonic() - started:.0f} s")
+        print(f"the faulty mirror lacked {missing or 'nothing'} before the push; candidates left in scratch: "
+              f"{litter}; drill took {time.monotonic() - started:.0f} s")
+
