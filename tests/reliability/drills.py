@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 # generous: on a 2-core box shared with other jobs a child takes minutes just to import
 CHILD_TIMEOUT = 1200
@@ -132,3 +134,15 @@ class Reaped:
             if child.poll() is None:
                 child.kill()
             child.wait()
+
+
+@pytest.fixture
+def endpoint(s3_server):
+    """An S3 endpoint of its own over the session's moto state, so a drill can take it
+    down while the session's server stays up for the other tests (import it into a drill)."""
+    server = Endpoint()
+    yield server
+    try:
+        server.stop()
+    except Exception:
+        pass

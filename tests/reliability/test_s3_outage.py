@@ -17,22 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 import tasks.registry_s3 as registry_s3
-from drills import Endpoint, make_production, registry_is_consistent
+from drills import Endpoint, endpoint, make_production, registry_is_consistent  # noqa: F401 (fixture)
 from tasks.registry import Registry
 from tasks.registry_s3 import Mirror, publish, pull
 
 pytestmark = pytest.mark.reliability
-
-
-@pytest.fixture
-def endpoint(s3_server):
-    """Its own server (the session's stays up for the other tests); same moto state."""
-    server = Endpoint()
-    yield server
-    try:
-        server.stop()
-    except Exception:
-        pass
 
 
 def outage_after(monkeypatch, files: int, endpoint: Endpoint, mirror: Mirror, back_after: float | None):

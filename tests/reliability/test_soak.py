@@ -43,7 +43,9 @@ from pathlib import Path
 
 import pytest
 
-from drills import CHILD_TIMEOUT, Endpoint, Reaped, child_env, ratchet, registry_is_consistent
+from drills import (  # noqa: F401 (endpoint: fixture)
+    CHILD_TIMEOUT, Endpoint, Reaped, child_env, endpoint, ratchet, registry_is_consistent,
+)
 from faults import POINTS
 
 # ~7 min on the 2-core box: in `make test-reliability` and `make test-all`, not in `make test`
@@ -328,17 +330,6 @@ def plan_faults(rng: random.Random) -> dict[int, dict]:
     for run in faults:
         faults[run]["rng"] = random.Random(rng.random())
     return faults
-
-
-@pytest.fixture
-def endpoint(s3_server):
-    """The faulty workspace's own S3 endpoint (same moto state), so it can go down."""
-    server = Endpoint()
-    yield server
-    try:
-        server.stop()
-    except Exception:
-        pass
 
 
 def test_a_stream_with_kills_and_mirror_outages_ends_like_the_fault_free_run(
