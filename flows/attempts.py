@@ -86,20 +86,20 @@ def train_and_judge(run, split: Split, batch_id: str, lineage: list[str], pendin
     champion_dir = run.reg.checked_path(run.champion) if run.champion else None  # never train on a damaged one
     exam = examine_champion(run, champion_dir, batch_id, lineage, pending)
     cfg = run.params.remediation
-    started, judged = time.monotonic(), None
+    started, attempts, scratch = time.monotonic(), [], []
     for attempt in range(min(cfg.max_attempts, len(cfg.ladder) + 1)):
         if attempt and time.monotonic() - started > cfg.time_budget_seconds:
-            judged.attempts[-1]["stopped"] = f"remediation.time_budget_seconds ({cfg.time_budget_seconds:g}) spent"
+            attempts[-1]["stopped"] = f"remediation.time_budget_seconds ({cfg.time_budget_seconds:g}) spent"
             break
         t0 = time.monotonic()
         params = attempt_params(run.params, attempt)
         candidate, sheets, decision = _attempt(run, params, champion_dir, split, batch_id, exam)
-        record = _record(attempt, run.params, decision, candidate, time.monotonic() - t0)
-        judged = Judged(candidate, sheets, decision, params, (judged.attempts if judged else []) + [record],
-                        (judged.scratch if judged else []) + [candidate.path])
+        attempts.append(_record(attempt, run.params, decision, candidate, time.monotonic() - t0))
+        scratch.append(candidate.path)
         get_run_logger().info("attempt %d: %s", attempt + 1, "passed" if decision.promote else "; ".join(decision.reasons))
         if decision.promote:
             break
+    judged = Judged(candidate, sheets, decision, params, attempts, scratch)
     _write_reports(run, judged, exam)
     return judged
 

@@ -302,7 +302,7 @@ def _build_section(cls: type, raw: Any, section: str) -> Any:
 def _ladder(value: Any, key: str) -> tuple:
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(r, dict) for r in value):
         raise ConfigError(f"params: {key} must be a list of mappings of section.key: value")
     for i, rung in enumerate(value):
         bad = [k for k in rung if "." not in str(k) or str(k).startswith("remediation.")]
@@ -314,15 +314,8 @@ def _ladder(value: Any, key: str) -> tuple:
 
 def with_overrides(params: Params, overrides: dict[str, Any], where: str = "overrides") -> Params:
     """`params` with dotted overrides applied, validated like params.yaml; errors name `where`."""
-    raw = params.to_dict()
-    raw["remediation"] = {**raw["remediation"], "ladder": [dict(r) for r in params.remediation.ladder]}
-    for dotted, value in overrides.items():
-        section, _, name = str(dotted).partition(".")
-        if section not in raw or not isinstance(raw[section], dict):
-            raise ConfigError(f"params: {where}: unknown section in {dotted!r}")
-        raw[section] = {**raw[section], name: value}
     try:
-        return params_from_dict(raw, _check_ladder=False)
+        return params_from_dict(_apply(params.to_dict(), overrides), _check_ladder=False)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -377,13 +370,18 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"params: {path} is not valid YAML: {exc}") from exc
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
+    return params_from_dict(_apply(raw, overrides or {}))
+
+
+def _apply(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A params mapping with dotted overrides like {"train.epochs": 1} applied."""
+    for dotted, value in overrides.items():
+        section, _, key = str(dotted).partition(".")
         if not key:
             raise ConfigError(f"params: override '{dotted}' must look like section.key")
         raw.setdefault(section, {})
         raw[section] = {**(raw[section] or {}), key: value}
-    return params_from_dict(raw)
+    return raw
 
 
 def params_hash(params: Params) -> str:

@@ -131,11 +131,11 @@ def _family(name_of, kind: str, cand: np.ndarray, refs: dict, masks: dict, *, ma
                            reference=refs[g][0], min_rows=min_rows) for g, m in masks.items()]
     low = [g for g, c in zip(masks, checks) if c.low_power]
     if pool and len(low) >= 2:
-        pool = np.logical_or.reduce([masks[g] for g in low])
+        rows = np.logical_or.reduce([masks[g] for g in low])
         ref = np.zeros(cand.size, dtype=int)
         for g in low:
             ref[masks[g]] = refs[g][1][masks[g]]
-        checks.append(paired_check(name_of(LOW_POWER_POOL), kind, cand[pool], ref[pool], margin=margin,
+        checks.append(paired_check(name_of(LOW_POWER_POOL), kind, cand[rows], ref[rows], margin=margin,
                                    plan=plan, reference="mixed" if kind == "floor" else "champion",
                                    min_rows=min_rows))
     return checks
