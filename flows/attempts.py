@@ -1,6 +1,6 @@
 """Attempts: fine-tune, examine and gate a candidate, retrying with stronger settings.
 
-The middle of the retrain flow (flows/retrain.py) for classification. The champion is
+The middle of the retrain flow (flows/retrain.py), for every task type. The champion is
 examined once; then attempt 0 trains with params.yaml as it is and, while the gate
 rejects and `remediation.max_attempts` and `remediation.time_budget_seconds` allow,
 attempt i trains with rung i of `remediation.ladder` applied on top (more replay,
@@ -21,7 +21,9 @@ import pandas as pd
 
 from tasks.answers import lineage_answers
 from tasks.config import Params, attempt_params, params_hash
-from tasks.evaluate import evaluate_task, load_exam
+from prefect import get_run_logger, task
+
+from tasks.evaluate import load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import flipped_rows, gate_task
 from tasks.intake import Split, load_train
@@ -57,8 +59,7 @@ def examine_champion(run, champion_dir, batch_id: str, lineage: list[str], pendi
     # --force on a batch already in the lineage must not put its held-out rows in twice
     exam = load_exam(run.ws.exam_dir, [b for b in lineage if b != batch_id] + [batch_id])
     new_ids = [batch_id, *[b for b in pending if b != batch_id]]
-    champ = evaluate_task(champion_dir, exam, new_ids, params.evaluate, params.model.max_length) \
-        if run.champion else None
+    champ = evaluate_task(run.kind, champion_dir, exam, new_ids, params) if run.champion else None
     history = lineage_answers(run.reg, run.champion)
     return Exam(exam, champ, history, new_ids, [b for b in lineage if b not in new_ids])
 
@@ -66,9 +67,11 @@ def examine_champion(run, champion_dir, batch_id: str, lineage: list[str], pendi
 def _attempt(run, params: Params, champion_dir, split: Split, batch_id: str, exam: Exam):
     key = f"{batch_id}-{run.champion or 'base'}-{params_hash(params)}"
     pool = load_train(exam.learned, run.ws) if params.replay.pool == "lineage" and exam.learned else None
-    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / key, params, split.dev, pool)
-    sheets = evaluate_task(candidate.path, exam.rows, exam.new_ids, params.evaluate, params.model.max_length)
-    decision = gate_task(sheets, exam.champion, params.gate, params.train.seed, exam.history)
+    candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / key, params, split.dev, pool,
+                              training=run.kind.training)
+    sheets = evaluate_task(run.kind, candidate.path, exam.rows, exam.new_ids, params)
+    decision = gate_task(sheets, exam.champion, params.gate, params.train.seed, exam.history,
+                         run.kind.statistic(params.gate))
     return candidate, sheets, decision
 
 
@@ -81,8 +84,6 @@ def _record(attempt: int, params: Params, decision, candidate, seconds: float) -
 
 def train_and_judge(run, split: Split, batch_id: str, lineage: list[str], pending: list[str]) -> Judged:
     """Attempts until one passes or the ladder, attempt count or time budget runs out."""
-    from prefect import get_run_logger
-
     champion_dir = run.reg.checked_path(run.champion) if run.champion else None  # never train on a damaged one
     exam = examine_champion(run, champion_dir, batch_id, lineage, pending)
     cfg = run.params.remediation
@@ -110,7 +111,8 @@ def _write_reports(run, judged: Judged, exam: Exam) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     candidate, sheets, decision = judged.candidate, judged.sheets, judged.decision
     (run_dir / "train_report.json").write_text(json.dumps(candidate.train.to_dict(), indent=2))
-    flips = flipped_rows(sheets, exam.champion, exam.rows, run.params.gate.max_flip_rows) if exam.champion else []
+    flips = flipped_rows(sheets, exam.champion, *run.kind.describe(exam.rows), run.params.gate.max_flip_rows) \
+        if exam.champion else []
     if flips:
         pd.DataFrame(flips).to_csv(run_dir / "flips.csv", index=False)
     run.details.update({
@@ -122,6 +124,11 @@ def _write_reports(run, judged: Judged, exam: Exam) -> None:
         "truncated_texts": {"max_length": run.params.model.max_length, "train": candidate.train.truncated_texts,
                             "exam": sheets["truncated_texts"]},
     })
+
+
+@task(name="evaluate")
+def evaluate_task(kind, model_dir, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
+    return kind.evaluate(model_dir, exam, new_ids, params)
 
 
 def _flip_summary(decision, path: Path | None) -> dict:

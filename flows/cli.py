@@ -128,8 +128,8 @@ def drift(path: Path = typer.Argument(..., help="Batch file: CSV, JSONL or Parqu
     import datetime as dt
 
     from tasks.config import ConfigError, load_params
-    from tasks.drift import check_file
     from tasks.intake import batch_id_for
+    from tasks.kinds import get_kind
     from tasks.workspace import Workspace
 
     if not path.exists():
@@ -142,9 +142,7 @@ def drift(path: Path = typer.Argument(..., help="Batch file: CSV, JSONL or Parqu
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2)
     run_id = f"drift-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{batch_id_for(path.read_bytes())}"
-    if params.task.type == "ner":  # tokens and tags: flows/retrain_ner.py
-        from flows.retrain_ner import check_drift as check_file
-    checked, result = check_file(path, ws, params, run_id)
+    checked, result = get_kind(params.task.type).check_drift(path, ws, params, run_id)
     if as_json:
         typer.echo(json.dumps({"drifted": None if result is None else result.drifted, "validation": checked.to_dict(),
                                **(result.to_dict() if result else {})}, indent=2, default=str))
@@ -180,8 +178,8 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
     from rich.markup import escape
 
     from tasks.config import ConfigError, load_params
+    from tasks.kinds import get_kind
     from tasks.storage import StorageError, is_s3
-    from tasks.validate import check_file
     from tasks.workspace import Workspace
 
     if not is_s3(path) and not Path(path).is_file():
@@ -190,9 +188,7 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
     ws = Workspace.at(workspace)
     try:
         params = load_params(ws.params_path, _overrides(set_))
-        if params.task.type == "ner":  # tokens and tags: tasks/ner/validate.py
-            from tasks.ner.validate import check_file
-        batch_id, result = check_file(path, ws, params)
+        batch_id, result = get_kind(params.task.type).check_file(path, ws, params)
     except (ConfigError, typer.BadParameter) as exc:
         console.print(f"[red]configuration error:[/] {escape(str(exc))}")
         raise typer.Exit(2)

@@ -18,17 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 
 from flows.attempts import train_and_judge
 from tasks.answers import write_answers
 from tasks.audit import record_data, record_promotion_task, version_metadata
 from tasks.config import Params, load_params
-from tasks.context import load_context
-from tasks.drift import drift_task
-from tasks.embed_drift import load_champion
-from tasks.intake import (Intake, Split, batch_id_of, intake_task, is_known, load_train, mark_decided,
-                          split_task)
+from tasks.intake import Intake, Split, batch_id_of, intake_task, is_known, load_train, mark_decided
+from tasks.kinds import TaskKind, get_kind
 from tasks.lock import promotion_lock
 from tasks.matrix import extend
 from tasks.notify import publish
@@ -37,7 +34,7 @@ from tasks.quarantine import quarantine_batch, quarantine_rows
 from tasks.registry import Registry, RegistryError, promote_task
 from tasks.registry_s3 import Mirror, publish_task
 from tasks.storage import StorageError
-from tasks.validate import too_large, validate_task
+from tasks.validate import too_large
 from tasks.workspace import Workspace
 
 EXIT = {"promoted": 0, "rejected": 3, "quarantined": 4, "skipped": 5}
@@ -72,6 +69,11 @@ class Run:
     source: str
     run_id: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> TaskKind:
+        """The task type's plug-in (tasks/kinds/): everything in the path that differs by task."""
+        return get_kind(self.params.task.type)
 
     def outcome(self, status: str, batch_id: str, reasons: list[str], version: str | None = None) -> Outcome:
         production = version if status == "promoted" else self.champion
@@ -129,13 +131,9 @@ def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
     Otherwise the rows that go on: bad rows dropped under `on_bad_rows: drop_rows` (kept
     in the quarantine with their reasons) and rows that would leak into or out of the
     exam removed; the counts are in the decision's details.validation.counts."""
-    params = run.params
     if got.too_large:  # refused from its size; nothing was read
         return _quarantine(run, got, too_large(got.too_large))
-    context = load_context(run.ws, params, got.batch_id) if got.frame is not None else None
-    checked = validate_task(got.frame, params.validate, got.parse_error, labels=params.labels,
-                            context=context, rows=got.rows, malformed=got.malformed)
-    return _verdict(run, got, checked)
+    return _verdict(run, got, run.kind.validate(got, run.ws, run.params, run.reg))
 
 
 def _quarantine(run: Run, got: Intake, checked) -> Outcome:
@@ -146,7 +144,7 @@ def _quarantine(run: Run, got: Intake, checked) -> Outcome:
 
 
 def _verdict(run: Run, got: Intake, checked) -> Outcome | pd.DataFrame:
-    """The rows that go on after validation (either task type), or the quarantine."""
+    """The rows that go on after validation, or the quarantine."""
     if not checked.passed:
         return _quarantine(run, got, checked)
     run.details["validation"] = checked.to_dict()
@@ -161,17 +159,14 @@ def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, forc
     then the retrain policy: a batch it turns down is skipped (exit 5) but kept pending."""
     reference = load_train(lineage, run.ws)
     meta = run.reg.metadata(run.champion) if run.champion else None
-    champion = load_champion(run.reg.path(run.champion) if run.champion else None, base=run.params.model.base,
-                             metadata=meta, seed=run.params.train.seed,
-                             max_length=run.params.model.max_length) if lineage else None  # nothing to compare yet
-    drift = drift_task(pd.concat([split.train, split.test], ignore_index=True), reference,
-                       run.params.drift, run.ws.run_dir(run.run_id), run.params.train.seed, champion)
+    drift = run.kind.drift(pd.concat([split.train, split.test], ignore_index=True), reference, run.params,
+                           run.reg.path(run.champion) if run.champion else None, meta, run.ws.run_dir(run.run_id))
     return _policy_stage(run, drift, batch_id, force, waiting + len(split.train), meta)
 
 
 def _policy_stage(run: Run, drift, batch_id: str, force: bool, waiting_rows: int, meta: dict | None) -> Outcome | None:
-    """After drift (either task type): the retrain policy; a batch it turns down is
-    skipped (exit 5) but kept pending for the next retrain."""
+    """After drift: the retrain policy; a batch it turns down is skipped (exit 5) but kept
+    pending for the next retrain."""
     run.details["drift"] = drift.headline()
     policy = decide(drift, run.params.retrain, has_champion=run.champion is not None, force=force,
                     waiting_rows=waiting_rows, champion_created_at=(meta or {}).get("created_at"))
@@ -190,13 +185,13 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
     metadata = version_metadata(  # the promoted attempt's params: an audit replays exactly those
         params or run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
         metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
-        run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws))
+        run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws)) | {"task": run.kind.name}
     parent = run.reg.metadata(run.champion) if run.champion else {}
-    metadata["accuracy_matrix"] = extend(
+    metadata["accuracy_matrix"] = extend(  # the task's score of each version on each batch (tasks/matrix.py)
         parent.get("accuracy_matrix"), parent_version=run.champion, batch_id=batch_id,
         batch_ids=metadata["batch_ids"], candidate=cand_sheets["all"],
-        champion=run.details.get("champion_scores") if run.champion else None)
-    version = promote_task(run.reg, Path(candidate.path), metadata)
+        champion=run.details.get("champion_scores") if run.champion else None, metric=run.kind.metric)
+    version = promote_task(run.reg, Path(candidate.path), metadata, works=run.kind.works)
     run.details["audit"] = record_promotion_task(run.ws, run.params, run.reg, version)  # DVC, git tags, push
     mirror = Mirror.from_config(run.params.registry)
     if mirror:
@@ -223,11 +218,6 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
         get_run_logger().warning("registry recovered: %s", "; ".join(recovered))
     if run.champion:  # a damaged production is never drifted against, trained from or judged by
         reg.checked_path(run.champion)
-    if run.params.task.type == "ner":  # tokens and tags instead of text and label: flows/retrain_ner.py
-        from flows.retrain_ner import retrain_ner
-
-        return retrain_ner(run, batch, force)
-
     known = is_known(batch, ws, run.params.validate.s3_endpoint or None)
     if known and not force:
         run.run_id = f"{_stamp()}-{known}"
@@ -235,18 +225,20 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
                else f"batch {known} was already accepted; use --force to train on it again")
         return _finish(run.outcome("skipped", known, [why]), run)
 
-    got = intake_task(batch, ws, run.params.validate, run.params.intake.max_bytes)
+    got = intake_task(batch, ws, run.params.validate, run.params.intake.max_bytes, run.kind.parse)
     run.run_id = f"{_stamp()}-{got.batch_id}"
     checked = _validate_stage(run, got)
     if isinstance(checked, Outcome):
         return _finish(checked, run)
 
-    split = split_task(checked, got.batch_id, run.params.intake.test_share, ws)
     lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
     # batches the policy skipped earlier join the reference, the training rows and the lineage
     pending = [b for b in load_pending(ws.data_dir) if b not in lineage and b != got.batch_id]
     waiting = load_train(pending, ws)
     lineage = lineage + pending
+    split, leaks = split_task(run.kind, checked, got.batch_id, run.params.intake.test_share, ws, lineage)
+    if leaks is not None:
+        run.details["leakage"] = leaks
     settled = _drift_stage(run, split, lineage, got.batch_id, force, 0 if waiting is None else len(waiting))
     if settled:
         return _finish(settled, run)
@@ -266,6 +258,12 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
         finally:
             for path in judged.scratch:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+@task(name="split")
+def split_task(kind: TaskKind, frame: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
+               lineage: list[str]) -> tuple[Split, dict | None]:
+    return kind.split(frame, batch_id, test_share, ws, lineage)
 
 
 def _settle(run: Run, judged, batch_id: str, lineage: list[str]) -> dict:

@@ -14,25 +14,32 @@ import pandas as pd
 ANSWERS_FILE = "exam_answers.parquet"
 
 
+OUTCOMES = ("correct", "tp", "fp", "fn")  # what a task type's statistic may read
+
+
 def write_answers(model_dir: str | Path, sheets: dict) -> Path:
-    """The per-row outcomes of an `evaluate` result (key, predicted label, correct)."""
+    """The per-row outcomes of a score sheet: key, the predicted answer, correct (1/0) and
+    whatever counts the task type's statistic reads (a tagger's tp/fp/fn)."""
     rows = sheets["rows"]
     path = Path(model_dir) / ANSWERS_FILE
-    pd.DataFrame({"key": rows["key"], "pred": rows["pred"], "correct": rows["correct"]}).astype(
-        {"key": str, "pred": str, "correct": "int8"}).to_parquet(path, index=False)
+    table = pd.DataFrame({"key": pd.Series(rows["key"], dtype=str), "pred": pd.Series(rows["pred"], dtype=str)})
+    for column in OUTCOMES:
+        if column in rows:
+            table[column] = pd.Series(rows[column]).astype("int32")
+    table.to_parquet(path, index=False)
     return path
 
 
-def read_answers(model_dir: str | Path) -> pd.Series | None:
-    """1/0 per row key, or None for a version stored before answers were kept."""
+def read_answers(model_dir: str | Path) -> pd.DataFrame | None:
+    """The outcome columns per row key, or None for a version stored before answers were kept."""
     path = Path(model_dir) / ANSWERS_FILE
     if not path.exists():
         return None
-    frame = pd.read_parquet(path, columns=["key", "correct"])
-    return pd.Series(frame["correct"].astype(int).to_numpy(), index=frame["key"].astype(str))
+    frame = pd.read_parquet(path)
+    return frame.set_index(frame["key"].astype(str))[[c for c in OUTCOMES if c in frame.columns]].astype(int)
 
 
-def lineage_answers(reg, version: str | None) -> dict[str, pd.Series]:
+def lineage_answers(reg, version: str | None) -> dict[str, pd.DataFrame]:
     """{version: answers} for `version` and its ancestors that kept their answers, oldest first."""
     if not version:
         return {}

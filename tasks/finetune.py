@@ -29,9 +29,7 @@ from tasks.config import Params
 from tasks.distill import teacher_logits
 from tasks.model import Classifier, grow_head, load_base, load_classifier, save_classifier
 from tasks.replay import COLUMNS, ReplayBuffer, derive_buffer
-from tasks.trainloop import (  # noqa: F401  (the stage's public names)
-    TrainReport, TrainSet, finetune, fingerprint, length_bucketed_batches, pick_device,
-)
+from tasks.trainloop import SEQUENCE, TrainReport, TrainSet, finetune, fingerprint, pick_device
 
 REPORT_FILE = "train_report.json"
 
@@ -42,10 +40,6 @@ class Candidate:
     labels: list[str]
     new_labels: list[str]
     train: TrainReport
-
-
-def training_rows(new_rows: pd.DataFrame, replay_rows: pd.DataFrame) -> pd.DataFrame:
-    return pd.concat([new_rows, replay_rows], ignore_index=True)[["text", "label"]]
 
 
 def dev_split(train_rows: pd.DataFrame, dev_rows: pd.DataFrame | None, *, share: float, patience: int,
@@ -63,23 +57,40 @@ def dev_split(train_rows: pd.DataFrame, dev_rows: pd.DataFrame | None, *, share:
     return train_rows[~picked].reset_index(drop=True), train_rows[picked].reset_index(drop=True)
 
 
-def _starting_point(champion_dir, batch_labels: list[str], params: Params):
-    """(classifier, champion's buffer or None, labels new to it)."""
-    seed = params.train.seed
-    if champion_dir is None:
-        return load_base(params.model.base, batch_labels, seed), None, batch_labels
-    clf = load_classifier(champion_dir)
-    new_labels = [label for label in batch_labels if label not in clf.labels]
-    return grow_head(clf, new_labels, seed), ReplayBuffer.load(champion_dir), new_labels
+class SentenceTraining:
+    """What the finetune stage needs to know about a sentence classifier: its row columns,
+    how it starts (base encoder, or the champion with its head grown for new labels), how
+    rows sit in the replay buffer, the champion's outputs for distillation, and its head
+    for the loop (tasks/trainloop.py). A tagger has its own (tasks/ner/train.py)."""
+
+    columns = ["text", "label"]
+    head = SEQUENCE
+
+    def starting_point(self, champion_dir, train_rows: pd.DataFrame, params: Params):
+        """(classifier, champion's buffer or None, labels new to it)."""
+        seed, batch_labels = params.train.seed, sorted(train_rows["label"].astype(str).unique())
+        if champion_dir is None:
+            return load_base(params.model.base, batch_labels, seed), None, batch_labels
+        clf = load_classifier(champion_dir)
+        new_labels = [label for label in batch_labels if label not in clf.labels]
+        return grow_head(clf, new_labels, seed), ReplayBuffer.load(champion_dir), new_labels
+
+    def to_buffer(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[COLUMNS]
+
+    def from_buffer(self, rows: pd.DataFrame) -> pd.DataFrame:
+        return rows
+
+    def teacher(self, champion_dir, replay: pd.DataFrame, params: Params) -> np.ndarray | None:
+        """The champion's logits on the replayed rows, when distillation is on."""
+        if champion_dir is None or not params.train.distill_weight or not len(replay):
+            return None
+        device, _ = pick_device(params.train)
+        return teacher_logits(load_classifier(champion_dir), list(replay["text"]),
+                              max_length=params.model.max_length, device=device)
 
 
-def _teacher(champion_dir, replay: pd.DataFrame, params: Params) -> np.ndarray | None:
-    """The champion's logits on the replayed rows, when distillation is on."""
-    if champion_dir is None or not params.train.distill_weight or not len(replay):
-        return None
-    device, _ = pick_device(params.train)
-    return teacher_logits(load_classifier(champion_dir), list(replay["text"]),
-                          max_length=params.model.max_length, device=device)
+SENTENCES = SentenceTraining()
 
 
 def _finished(out_dir: Path, key: str) -> Candidate | None:
@@ -118,27 +129,31 @@ def replay_sample(buffer: ReplayBuffer, pool: pd.DataFrame | None, n: int, seed:
 def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: Params,
                     dev_rows: pd.DataFrame | None = None,
                     on_step: Callable[[int], None] | None = None,
-                    replay_pool: pd.DataFrame | None = None) -> Candidate:
+                    replay_pool: pd.DataFrame | None = None, training=SENTENCES) -> Candidate:
     """The finetune stage: champion (or base) + new rows + replay sample -> candidate dir.
 
     The candidate directory holds the model and the replay buffer its successor will
     use: the champion's buffer with this batch's train rows offered to it. `replay_pool`:
-    the lineage's stored training rows, replayed instead of the buffer's."""
-    out_dir, cfg = Path(out_dir), params.train
+    the lineage's stored training rows, replayed instead of the buffer's. `training`: the
+    task type's model-specific part (`SentenceTraining`, or a tagger's)."""
+    out_dir, cfg, cols = Path(out_dir), params.train, training.columns
     train_rows, dev = dev_split(train_rows, dev_rows, share=cfg.dev_share, patience=cfg.early_stopping_patience,
                                 seed=cfg.seed)
-    batch_labels = sorted(train_rows["label"].astype(str).unique())
-    clf, parent_buffer, new_labels = _starting_point(champion_dir, batch_labels, params)
+    clf, parent_buffer, new_labels = training.starting_point(champion_dir, train_rows, params)
     buffer = derive_buffer(parent_buffer, params.replay.strategy, capacity=params.replay.capacity, seed=cfg.seed)
-    replay = replay_sample(buffer, replay_pool, int(round(params.replay.ratio * len(train_rows))), cfg.seed)
-    rows = training_rows(train_rows, replay)
-    data = TrainSet(rows, len(replay), dev, _teacher(champion_dir, replay, params))
-    done = _finished(out_dir, fingerprint(clf, data, cfg, params.model))
+    pool = training.to_buffer(replay_pool) if replay_pool is not None else None
+    replay = training.from_buffer(
+        replay_sample(buffer, pool, int(round(params.replay.ratio * len(train_rows))), cfg.seed))
+    rows = pd.concat([train_rows[cols], replay[cols]], ignore_index=True)
+    data = TrainSet(rows, len(replay), None if dev is None else dev[cols],
+                    training.teacher(champion_dir, replay, params))
+    done = _finished(out_dir, fingerprint(clf, data, cfg, params.model, training.head))
     if done:
         return done
     run_dir = out_dir.with_name(out_dir.name + ".run")
-    report = finetune(clf, data, cfg=cfg, model_cfg=params.model, run_dir=run_dir, on_step=on_step)
-    buffer.add(train_rows[COLUMNS])
+    report = finetune(clf, data, cfg=cfg, model_cfg=params.model, run_dir=run_dir, on_step=on_step,
+                      head=training.head)
+    buffer.add(training.to_buffer(train_rows))
     _write_atomically(out_dir, clf, buffer, report.to_dict() | {"new_labels": new_labels})
     shutil.rmtree(run_dir, ignore_errors=True)
     return Candidate(str(out_dir), clf.labels, new_labels, report)
@@ -150,9 +165,9 @@ from prefect import task  # noqa: E402
 
 @task(name="finetune")
 def finetune_task(champion_dir, train_rows: pd.DataFrame, out_dir, params, dev_rows=None,
-                  replay_pool: pd.DataFrame | None = None) -> Candidate:
+                  replay_pool: pd.DataFrame | None = None, training=SENTENCES) -> Candidate:
     return train_candidate(champion_dir=champion_dir, train_rows=train_rows, out_dir=out_dir, params=params,
-                           dev_rows=dev_rows, replay_pool=replay_pool)
+                           dev_rows=dev_rows, replay_pool=replay_pool, training=training)
 
 
 def main() -> None:

@@ -31,7 +31,9 @@ import numpy as np
 import pandas as pd
 
 from tasks.config import GateConfig
-from tasks.gate_stats import Paired, detectable_margin, lower_bound, score_test
+from tasks.gate_stats import Accuracy, Paired, detectable_margin
+
+ACCURACY = Accuracy()
 
 POOLED = "small slices (pooled)"
 LOW_POWER_POOL = "low-power slices (pooled)"
@@ -104,58 +106,95 @@ def _groups(slices: np.ndarray, old: np.ndarray, min_size: int) -> dict[str, np.
     return groups
 
 
-def paired_check(name: str, kind: str, cand: np.ndarray, ref: np.ndarray, *, margin: float, plan: Plan,
-                 reference: str, min_rows: int) -> Check:
+def paired_check(name: str, kind: str, cand: "Outcomes", ref: "Outcomes", *, margin: float, plan: Plan,
+                 reference: str, min_rows: int, stat=ACCURACY, seed: int = 0) -> Check:
     """One non-inferiority row: candidate vs reference on the same rows at max(margin,
-    what these rows can detect)."""
-    counts = Paired.of(cand, ref)
-    base = dict(rows=counts.n, champion=round(float(ref.mean()), 4), candidate=round(float(cand.mean()), 4),
+    what these rows can detect) when the statistic plans its power, else at margin."""
+    counts = Paired.of(cand.correct, ref.correct)
+    base = dict(rows=counts.n, champion=round(stat.score(ref.values), 4), candidate=round(stat.score(cand.values), 4),
                 reference=reference, neg_flips=counts.neg, pos_flips=counts.pos)
     if counts.n < min_rows:
         return Check(name, kind, lower_bound=None, p_value=None, threshold=-margin, verdict="unjudgeable", **base)
     # planned on the churn, estimated from positive flips (a regression adds negative ones,
     # which must not buy it a wider margin): exam-wide, this slice's, or the configured least
     spread = max(plan.discordance, 2 * counts.pos / counts.n)
-    widened = detectable_margin(counts.n, spread, alpha=plan.alpha, beta=plan.beta, floor=margin)
-    p = score_test(counts, widened)
-    return Check(name, kind, lower_bound=round(lower_bound(counts, plan.alpha), 4), p_value=round(p, 4),
+    widened = detectable_margin(counts.n, spread, alpha=plan.alpha, beta=plan.beta, floor=margin) \
+        if stat.planned else margin
+    low, p = stat.test(cand.values, ref.values, widened, plan.alpha, seed)
+    return Check(name, kind, lower_bound=round(low, 4), p_value=round(p, 4),
                  threshold=-round(widened, 4), verdict="pass" if p < plan.alpha else "FAIL",
                  low_power=widened > margin + 1e-9, **base)
 
 
-def _family(name_of, kind: str, cand: np.ndarray, refs: dict, masks: dict, *, margin: float, plan: Plan,
-            min_rows: int, pool: bool = True) -> list[Check]:
-    """Checks for named row groups against per-group references (a dict of (name, array))
+@dataclass(frozen=True)
+class Outcomes:
+    """One model's per-row outcomes: what the statistic reads, and right (1) / wrong (0)."""
+
+    values: np.ndarray
+    correct: np.ndarray
+
+    def __getitem__(self, mask) -> "Outcomes":
+        return Outcomes(self.values[mask], self.correct[mask])
+
+    @classmethod
+    def of(cls, table, stat) -> "Outcomes":
+        return cls(stat.values(table), np.asarray(table["correct"], dtype=int))
+
+
+def _family(name_of, kind: str, cand: Outcomes, refs: dict, masks: dict, *, margin: float, plan: Plan,
+            min_rows: int, pool: bool = True, stat=ACCURACY, seed: int = 0) -> list[Check]:
+    """Checks for named row groups against per-group references (a dict of (name, Outcomes))
     plus, with `pool`, one pooled check over the low-power groups when there are two or more."""
     checks = [paired_check(name_of(g), kind, cand[m], refs[g][1][m], margin=margin, plan=plan,
-                           reference=refs[g][0], min_rows=min_rows) for g, m in masks.items()]
+                           reference=refs[g][0], min_rows=min_rows, stat=stat, seed=seed) for g, m in masks.items()]
     low = [g for g, c in zip(masks, checks) if c.low_power]
     if pool and len(low) >= 2:
         rows = np.logical_or.reduce([masks[g] for g in low])
-        ref = np.zeros(cand.size, dtype=int)
+        ref = Outcomes(np.zeros_like(cand.values), np.zeros_like(cand.correct))
         for g in low:
-            ref[masks[g]] = refs[g][1][masks[g]]
+            ref.values[masks[g]] = refs[g][1].values[masks[g]]
+            ref.correct[masks[g]] = refs[g][1].correct[masks[g]]
         checks.append(paired_check(name_of(LOW_POWER_POOL), kind, cand[rows], ref[rows], margin=margin,
                                    plan=plan, reference="mixed" if kind == "floor" else "champion",
-                                   min_rows=min_rows))
+                                   min_rows=min_rows, stat=stat, seed=seed))
     return checks
 
 
-def best_versions(keys: np.ndarray, masks: dict[str, np.ndarray], history: dict) -> dict:
-    """For each row group, the lineage version with the best accuracy on it among those
-    that answered every one of its rows (later versions win ties): {group: (version, per-row
-    correct aligned with `keys`)}. `history`: {version: {row key: 1/0} or a Series by key}."""
-    aligned = {v: pd.Series(a, dtype="float64").reindex(keys).fillna(-1).to_numpy(dtype=int)
-               for v, a in history.items()}
+def answers_table(answers) -> pd.DataFrame:
+    """A version's stored answers as a table indexed by row key: a DataFrame as written by
+    tasks/answers.py, a Series of 1/0 by key, or their JSON forms ({column: {key: value}}
+    or {key: 1/0}) as the DVC evaluate stage writes them."""
+    if isinstance(answers, pd.DataFrame):
+        return answers
+    if isinstance(answers, dict) and answers and all(isinstance(v, dict) for v in answers.values()):
+        return pd.DataFrame(answers)
+    return pd.DataFrame({"correct": pd.Series(answers, dtype="float64")})
+
+
+def best_versions(keys: np.ndarray, masks: dict[str, np.ndarray], history: dict, stat=ACCURACY) -> dict:
+    """For each row group, the lineage version with the best score on it among those that
+    answered every one of its rows (later versions win ties): {group: (version, Outcomes
+    aligned with `keys`, zero outside the group)}. `history`: {version: answers} (see
+    `answers_table`)."""
+    aligned = {}
+    for version, answers in history.items():
+        table = answers_table(answers)
+        if not set(stat.columns) | {"correct"} <= set(table.columns):
+            continue  # answers of another statistic (or none): not comparable
+        table = table.reindex(list(keys))
+        answered = table[list(set(stat.columns) | {"correct"})].notna().all(axis=1).to_numpy()
+        aligned[version] = (answered, Outcomes.of(table.fillna(0), stat))
     out = {}
     for group, mask in masks.items():
         best = None
-        for version, got in aligned.items():
-            if not mask.any() or (got[mask] < 0).any():
+        for version, (answered, got) in aligned.items():
+            if not mask.any() or not answered[mask].all():
                 continue
-            score = got[mask].mean()
+            score = stat.score(got.values[mask])
             if best is None or score >= best[2]:
-                best = (version, np.where(mask, got, 0), score)
+                zeroed = Outcomes(np.where(mask.reshape(-1, *[1] * (got.values.ndim - 1)), got.values, 0),
+                                  np.where(mask, got.correct, 0))
+                best = (version, zeroed, score)
         if best is not None:
             out[group] = best[:2]
     return out
@@ -175,11 +214,13 @@ def _flip_check(cand: np.ndarray, champ: np.ndarray, cfg: GateConfig) -> Check:
                  pos_flips=counts.pos)
 
 
-def _new_check(cand: np.ndarray, cfg: GateConfig) -> Check:
-    acc = round(float(cand.mean()), 4) if cand.size else 0.0
-    verdict = "pass" if cand.size and acc >= cfg.min_new_slice_score else "FAIL"
-    return Check("new batch held-out", "new_batch", int(cand.size), None, acc, None, None,
-                 cfg.min_new_slice_score, verdict)
+def _new_check(cand: Outcomes, cfg: GateConfig, stat=ACCURACY) -> Check:
+    n = int(cand.correct.size)
+    got = round(stat.score(cand.values), 4) if n else 0.0
+    verdict = "pass" if n and got >= cfg.min_new_slice_score else "FAIL"
+    name = "new batch held-out" + ("" if stat.name == "accuracy" else " (entity F1)" if stat.name == "f1"
+                                   else f" ({stat.name})")
+    return Check(name, "new_batch", n, None, got, None, None, cfg.min_new_slice_score, verdict)
 
 
 def _reason(c: Check, cfg: GateConfig) -> str:
@@ -200,45 +241,49 @@ def _reason(c: Check, cfg: GateConfig) -> str:
             f"p {c.p_value:.4f} >= alpha {cfg.alpha})")
 
 
-def _plan(cfg: GateConfig, n_checks: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> Plan:
+def _plan(cfg: GateConfig, n_checks: int, pairs: list[tuple[Outcomes, Outcomes]]) -> Plan:
     """`pairs`: (candidate, reference) answers on the rows each reference is compared on."""
-    churn = [2 * Paired.of(c, r).pos / max(c.size, 1) for c, r in pairs]
+    churn = [2 * Paired.of(c.correct, r.correct).pos / max(c.correct.size, 1) for c, r in pairs]
     return Plan(cfg.alpha, cfg.max_false_rejection / max(n_checks, 1), max([cfg.planning_flip_rate, *churn]))
 
 
 def decide(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 0,
-           history: dict[str, dict[str, int]] | None = None) -> GateDecision:
-    """`candidate`/`champion` are `tasks.evaluate.evaluate` results on the same exam;
-    `champion` None before the first promotion (only the new batch is judged). `history`:
-    {version: {exam row key: 1/0}} of production's lineage, for the floor. `seed` is
-    unused since the test is closed-form; kept so every gate has the same signature."""
+           history: dict | None = None, stat=ACCURACY) -> GateDecision:
+    """`candidate`/`champion` are score sheets on the same exam (their "rows": per-row
+    outcomes, slice, is_new, key); `champion` None before the first promotion (only the
+    new batch is judged). `history`: {version: answers} of production's lineage, for the
+    floor. `stat`: the task type's statistic (accuracy, entity F1); `seed` its bootstrap's."""
     rows = candidate["rows"]
-    cand = np.asarray(rows["correct"], dtype=int)
+    cand = Outcomes.of(rows, stat)
     new = np.asarray(rows["is_new"], dtype=bool)
     old = ~new
     checks: list[Check] = []
     if champion is not None and old.any():
-        champ = np.asarray(champion["rows"]["correct"], dtype=int)
+        champ = Outcomes.of(champion["rows"], stat)
         masks = _groups(np.asarray(rows["slice"], dtype=object), old, cfg.min_slice_size)
-        best = best_versions(np.asarray(rows.get("key", [""] * cand.size), dtype=object), masks, history or {})
+        keys = np.asarray(rows.get("key", [""] * len(new)), dtype=object)
+        best = best_versions(keys, masks, history or {}, stat)
         floor_rows = np.logical_or.reduce([masks[g] for g in best]) if best else old
-        floor_ref = np.sum([b[1] for b in best.values()], axis=0) if best else champ
+        floor_ref = Outcomes(np.sum([b[1].values for b in best.values()], axis=0),
+                             np.sum([b[1].correct for b in best.values()], axis=0)) if best else champ
         # the planned false rejection is split over every test: slices, their pool, the overall
         # exam, and each floor once per version its best was picked from (see below)
-        plan = _plan(cfg, 2 + len(masks) + len(best) * max(len(history or {}), 1), [(cand[old], champ[old]), (cand[floor_rows], floor_ref[floor_rows])])
+        plan = _plan(cfg, 2 + len(masks) + len(best) * max(len(history or {}), 1),
+                     [(cand[old], champ[old]), (cand[floor_rows], floor_ref[floor_rows])])
         step = {g: ("champion", champ) for g in masks}
-        checks += _family(lambda g: f"slice:{g}", "old_slice", cand, step, masks, margin=cfg.tolerance, plan=plan,
-                          min_rows=cfg.min_slice_size)
+        common = dict(plan=plan, stat=stat, seed=seed)
+        checks += _family(lambda g: f"slice:{g}", "old_slice", cand, step, masks, margin=cfg.tolerance,
+                          min_rows=cfg.min_slice_size, **common)
         checks.append(paired_check("old exam overall", "old_overall", cand[old], champ[old], margin=cfg.tolerance,
-                                   plan=plan, reference="champion", min_rows=1))
+                                   reference="champion", min_rows=1, **common))
         # the best of L versions is biased upward (the luckiest one on these rows): a union
         # bound over the L versions it was picked from keeps the floor's false rejection
         # planned. Pooling bests of different slices would compound that bias: the pooled
         # step check already covers a drop spread over many small slices.
         checks += _family(lambda g: f"floor:{g}", "floor", cand, best, {g: masks[g] for g in best},
-                          margin=cfg.max_total_drop, plan=plan, min_rows=cfg.min_slice_size, pool=False)
-        checks.append(_flip_check(cand[old], champ[old], cfg))
-    checks.append(_new_check(cand[new], cfg))
+                          margin=cfg.max_total_drop, min_rows=cfg.min_slice_size, pool=False, **common)
+        checks.append(_flip_check(cand.correct[old], champ.correct[old], cfg))
+    checks.append(_new_check(cand[new], cfg, stat))
     failed = [c for c in checks if not c.passed]
     notes = [_reason(c, cfg) for c in checks if c.verdict == "unjudgeable"]
     notes += [f"{c.name}: low power, judged at a {-c.threshold:.3f} margin ({c.rows} rows)"
@@ -248,16 +293,17 @@ def decide(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 
     return GateDecision(promote=not failed, reasons=reasons + notes, checks=checks)
 
 
-def flipped_rows(candidate: dict, champion: dict, exam, cap: int) -> list[dict]:
+def flipped_rows(candidate: dict, champion: dict, texts: list[str], golds: list[str], cap: int) -> list[dict]:
     """Old exam rows whose answer changed between champion and candidate (negative flips
-    first), with both answers, for review; at most `cap` rows."""
+    first), with the row's text, its gold answer and both answers, for review; at most
+    `cap` rows."""
     rows, champ_rows = candidate["rows"], champion["rows"]
     out = []
     for direction, want in (("negative", (1, 0)), ("positive", (0, 1))):
         for i, (new, c, h) in enumerate(zip(rows["is_new"], rows["correct"], champ_rows["correct"])):
             if not new and (h, c) == want and len(out) < cap:
-                out.append({"key": rows["key"][i], "slice": rows["slice"][i], "text": str(exam["text"].iloc[i]),
-                            "label": str(exam["label"].iloc[i]), "champion": champ_rows["pred"][i],
+                out.append({"key": rows["key"][i], "slice": rows["slice"][i], "text": texts[i],
+                            "label": golds[i], "champion": champ_rows["pred"][i],
                             "candidate": rows["pred"][i], "flip": direction})
     return out
 
@@ -268,8 +314,8 @@ from prefect import task  # noqa: E402
 
 @task(name="gate")
 def gate_task(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 0,
-              history: dict | None = None) -> GateDecision:
-    return decide(candidate, champion, cfg, seed, history)
+              history: dict | None = None, stat=ACCURACY) -> GateDecision:
+    return decide(candidate, champion, cfg, seed, history, stat)
 
 
 def main() -> None:

@@ -118,3 +118,69 @@ def detectable_margin(n: int, discordance: float, *, alpha: float, beta: float, 
         else:
             lo = mid
     return hi
+
+
+# --- The statistic a task type is gated on ---------------------------------------------
+# The gate (tasks/gate.py) is written once; what differs between task types is only how
+# a row's outcome becomes a score and how two models' paired outcomes are tested. A task
+# type (tasks/kinds/) names its statistic; the rows of its score sheet carry the columns
+# the statistic reads, and `correct` (1/0: the row answered exactly right) for flips.
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Share of rows answered right; Tango's score test with planned power."""
+
+    name: str = "accuracy"
+    columns: tuple[str, ...] = ("correct",)
+    planned: bool = True  # the margin is widened to what the rows can detect
+
+    def values(self, table) -> np.ndarray:
+        return np.asarray(table["correct"], dtype=int)
+
+    def score(self, values: np.ndarray) -> float:
+        return float(values.mean()) if values.size else 0.0
+
+    def test(self, cand: np.ndarray, ref: np.ndarray, margin: float, alpha: float, seed: int) -> tuple[float, float]:
+        """(lower confidence bound on cand - ref, p of "worse by more than margin")."""
+        counts = Paired.of(cand, ref)
+        return lower_bound(counts, alpha), score_test(counts, margin)
+
+
+def f1_of(counts: np.ndarray) -> np.ndarray:
+    """Micro F1 from summed (tp, fp, fn) along the last axis."""
+    counts = np.asarray(counts, dtype=float)
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+
+
+@dataclass(frozen=True)
+class EntityF1:
+    """Entity micro F1 from per-row (tp, fp, fn) counts, summed: F1 is not a mean over
+    rows, so the paired test is a bootstrap that resamples rows (the same ones for both
+    models) and recomputes both F1s from their summed counts. Judged at the configured
+    margin (no closed form to plan its power from)."""
+
+    name: str = "f1"
+    columns: tuple[str, ...] = ("tp", "fp", "fn")
+    planned: bool = False
+    n_resamples: int = 2000
+
+    def values(self, table) -> np.ndarray:
+        return np.column_stack([np.asarray(table[c], dtype=float) for c in self.columns]).reshape(-1, 3)
+
+    def score(self, values: np.ndarray) -> float:
+        return float(f1_of(values.sum(0))) if len(values) else 0.0
+
+    def test(self, cand: np.ndarray, ref: np.ndarray, margin: float, alpha: float, seed: int) -> tuple[float, float]:
+        rng = np.random.default_rng(seed)
+        n, diffs = len(cand), []
+        for start in range(0, self.n_resamples, 256):  # chunks keep the index matrix small
+            idx = rng.integers(0, n, size=(min(256, self.n_resamples - start), n))
+            diffs.append(f1_of(cand[idx].sum(1)) - f1_of(ref[idx].sum(1)))
+        dist = np.concatenate(diffs)
+        if np.all(dist == dist[0]):
+            return float(dist[0]), 0.0 if dist[0] > -margin else 1.0
+        p_value = (np.count_nonzero(dist <= -margin) + 1) / (dist.size + 1)
+        return float(np.quantile(dist, alpha)), float(p_value)

@@ -99,7 +99,7 @@ def intake(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None,
     A file over `max_bytes` (intake.max_bytes) is refused from its size (stat / S3 HEAD)
     before anything reads it into memory: its id comes from a streaming hash, and neither
     its bytes nor a table are kept (`too_large` says why). `parser(raw, name, encoding)`
-    replaces the text/label table parser (the NER path passes its own)."""
+    replaces the text/label table parser when it returns a table (a task type's own, e.g. NER)."""
     cfg = cfg or ValidateConfig()
     endpoint = cfg.s3_endpoint or None
     too_large = size_problem(size_of(source, endpoint_url=endpoint), max_bytes)
@@ -117,8 +117,8 @@ def intake(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None,
     if not raw_path.exists():
         raw_path.write_bytes(raw)
     try:
-        if parser is not None:
-            frame = parser(raw, name, cfg.encoding)
+        frame = parser(raw, name, cfg.encoding) if parser is not None else None
+        if frame is not None:
             return Intake(batch_id, raw_path, frame, rows=list(range(1, len(frame) + 1)))
         table = parse_table(raw, name, cfg.encoding)
     except Exception as exc:  # any parser failure is a validation verdict, not a crash
@@ -221,8 +221,9 @@ from prefect import task  # noqa: E402
 
 
 @task(name="intake", retries=2, retry_delay_seconds=[1, 5])
-def intake_task(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None, max_bytes: int = 0) -> Intake:
-    return intake(source, ws, cfg, max_bytes)
+def intake_task(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None, max_bytes: int = 0,
+                parser: Callable[[bytes, str, str], pd.DataFrame | None] | None = None) -> Intake:
+    return intake(source, ws, cfg, max_bytes, parser)
 
 
 @task(name="split")

@@ -325,8 +325,8 @@ from prefect import task  # noqa: E402
 
 
 @task(name="promote", retries=2, retry_delay_seconds=[1, 5])
-def promote_task(registry: Registry, candidate_dir: Path, metadata: dict) -> str:
-    return register_and_promote(registry, candidate_dir, metadata)
+def promote_task(registry: Registry, candidate_dir: Path, metadata: dict, works=classifier_works) -> str:
+    return register_and_promote(registry, candidate_dir, metadata, works=works)
 
 
 def main() -> None:

@@ -126,28 +126,62 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
         return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _encode(clf: Classifier, frame: pd.DataFrame, max_length: int) -> tuple[list[list[int]], np.ndarray]:
-    label2id = clf.model.config.label2id
-    ids = clf.tokenizer(list(frame["text"]), truncation=True, max_length=max_length)["input_ids"]
-    return ids, np.array([label2id[label] for label in frame["label"]], dtype=np.int64)
+class SequenceLabels:
+    """How the loop encodes rows, batches them and scores them for one kind of head: here
+    a sentence classifier (one label per text). A task type with another head (a
+    tagger's label per word: tasks/ner/train.py) passes its own object with these methods
+    to `finetune`; the loop itself (order, steps, checkpoints, early stopping,
+    distillation, freezing) is the same for every task type."""
+
+    columns = ["text", "label"]
+
+    def encode(self, clf: Classifier, frame: pd.DataFrame, max_length: int) -> tuple[list[list[int]], np.ndarray]:
+        label2id = clf.model.config.label2id
+        ids = clf.tokenizer(list(frame["text"]), truncation=True, max_length=max_length)["input_ids"]
+        return ids, np.array([label2id[label] for label in frame["label"]], dtype=np.int64)
+
+    def collate(self, clf: Classifier, ids, targets, idx, device) -> tuple[dict, torch.Tensor]:
+        padded = clf.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+        return {k: v.to(device) for k, v in padded.items()}, torch.as_tensor(targets[idx], device=device)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target, reduction=reduction)
+
+    def units(self, target: torch.Tensor) -> int:
+        """What a summed loss is averaged over: rows."""
+        return int(target.shape[0])
+
+    def teacher(self, logits: np.ndarray | None):
+        return None if logits is None else torch.as_tensor(logits, dtype=torch.float32)
+
+    def distill(self, logits, target, taught: np.ndarray, rows: np.ndarray, teacher, temperature: float):
+        """The distillation term on the taught rows of a batch (`rows`: their teacher rows)."""
+        mask = torch.as_tensor(taught, device=logits.device)
+        return distill_loss(logits[mask], teacher[torch.as_tensor(rows)].to(logits.device), temperature)
+
+    def hash_rows(self, h, frame: pd.DataFrame | None) -> None:
+        frame = frame if frame is not None else pd.DataFrame(columns=self.columns)
+        h.update(pd.util.hash_pandas_object(frame[self.columns], index=False).to_numpy().tobytes())
+
+    def truncated(self, clf: Classifier, frame: pd.DataFrame, max_length: int) -> int:
+        return count_truncated(clf.tokenizer, list(frame["text"]), max_length)
 
 
-def _inputs(clf: Classifier, ids: list[list[int]], idx, device: torch.device) -> dict[str, torch.Tensor]:
-    padded = clf.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-    return {k: v.to(device) for k, v in padded.items()}
+SEQUENCE = SequenceLabels()
 
 
-def fingerprint(clf: Classifier, data: TrainSet, cfg: TrainConfig, model_cfg: ModelConfig) -> str:
+def fingerprint(clf: Classifier, data: TrainSet, cfg: TrainConfig, model_cfg: ModelConfig, head=SEQUENCE) -> str:
     """Identifies the inputs of a run (starting weights included); a checkpoint or a
     finished candidate from other inputs is never reused."""
     h = hashlib.sha256(json.dumps([asdict(cfg), asdict(model_cfg), clf.labels, data.replay_rows]).encode())
     for name, tensor in clf.model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    for frame in (data.rows, data.dev if data.dev is not None else pd.DataFrame(columns=["text", "label"])):
-        h.update(pd.util.hash_pandas_object(frame[["text", "label"]], index=False).to_numpy().tobytes())
+    for frame in (data.rows, data.dev):
+        head.hash_rows(h, frame)
     if data.teacher is not None:
-        h.update(np.ascontiguousarray(data.teacher).tobytes())
+        for part in (data.teacher if isinstance(data.teacher, list) else [data.teacher]):
+            h.update(np.ascontiguousarray(part).tobytes())
     return h.hexdigest()
 
 
@@ -158,25 +192,26 @@ def _fresh_loop() -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def _dev_loss(clf: Classifier, dev: tuple, device: torch.device, autocast) -> float:
+def _dev_loss(clf: Classifier, dev: tuple, device: torch.device, autocast, head) -> float:
     ids, labels = dev
     clf.model.eval()
-    total = 0.0
+    total, units = 0.0, 0
     for start in range(0, len(ids), 128):
-        idx = range(start, min(start + 128, len(ids)))
+        idx = np.arange(start, min(start + 128, len(ids)))
+        inputs, target = head.collate(clf, ids, labels, idx, device)
         with autocast:
-            logits = clf.model(**_inputs(clf, ids, idx, device)).logits
-        target = torch.as_tensor(labels[start:start + 128], device=device)
-        total += float(F.cross_entropy(logits.float(), target, reduction="sum"))
+            logits = clf.model(**inputs).logits
+        total += float(head.loss(logits, target, reduction="sum"))
+        units += head.units(target)
     clf.model.train()
-    return round(total / len(ids), 6)
+    return round(total / max(units, 1), 6)
 
 
-def _end_epoch(loop: dict, clf: Classifier, dev, cfg: TrainConfig, device, autocast) -> None:
+def _end_epoch(loop: dict, clf: Classifier, dev, cfg: TrainConfig, device, autocast, head) -> None:
     """Dev loss; keep the best weights; stop after `patience` epochs without a better one."""
     if dev is None:
         return
-    loss = _dev_loss(clf, dev, device, autocast)
+    loss = _dev_loss(clf, dev, device, autocast, head)
     loop["dev_losses"].append(loss)
     if loop["best_loss"] is None or loss < loop["best_loss"]:
         loop["best_loss"], loop["bad_epochs"] = loss, 0
@@ -188,18 +223,17 @@ def _end_epoch(loop: dict, clf: Classifier, dev, cfg: TrainConfig, device, autoc
         loop["stopped"] = True
 
 
-def _loss(clf, inputs, target, idx, data: TrainSet, teacher, cfg: TrainConfig) -> torch.Tensor:
+def _loss(clf, inputs, target, idx, data: TrainSet, teacher, cfg: TrainConfig, head) -> torch.Tensor:
     logits = clf.model(**inputs).logits
-    loss = F.cross_entropy(logits.float(), target)
+    loss = head.loss(logits, target)
     if teacher is not None:
         start = len(data.rows) - len(teacher)  # the teacher covers the last rows (replayed, or all)
         taught = idx >= start
         if taught.any():
-            mask = torch.as_tensor(taught, device=logits.device)
-            old = teacher[torch.as_tensor(idx[taught] - start)].to(logits.device)
             # per-row weight: a taught row counts as much as in the cross-entropy's mean
             share = float(taught.sum()) / len(idx)
-            loss = loss + cfg.distill_weight * share * distill_loss(logits[mask], old, cfg.distill_temperature)
+            term = head.distill(logits, target, taught, idx[taught] - start, teacher, cfg.distill_temperature)
+            loss = loss + cfg.distill_weight * share * term
     return loss
 
 
@@ -241,24 +275,25 @@ def _record(loop: dict, idx: np.ndarray, loss: torch.Tensor, new_rows: int, star
 
 
 def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: ModelConfig,
-             run_dir=None, on_step: Callable[[int], None] | None = None) -> TrainReport:
+             run_dir=None, on_step: Callable[[int], None] | None = None, head=SEQUENCE) -> TrainReport:
     """Train `clf` in place. With `run_dir`, checkpoint there every `train.checkpoint_every`
     steps and resume from a checkpoint of the same inputs. `on_step(step)` is called after
-    each step (and its checkpoint)."""
+    each step (and its checkpoint). `head`: how rows become inputs and targets
+    (`SequenceLabels` for a sentence classifier; a tagger's own)."""
     torch.manual_seed(cfg.seed)
     device, amp_dtype = pick_device(cfg)
     model = clf.model.to(device).train()
     freeze_lower_layers(model, cfg.freeze_layers)
-    ids, labels = _encode(clf, data.rows, model_cfg.max_length)
+    ids, labels = head.encode(clf, data.rows, model_cfg.max_length)
     lengths = np.array([len(x) for x in ids])
     total = planned_steps(len(ids), cfg)
     opt = _optimizer(model, cfg)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    dev = _encode(clf, data.dev, model_cfg.max_length) if data.dev is not None and len(data.dev) else None
+    dev = head.encode(clf, data.dev, model_cfg.max_length) if data.dev is not None and len(data.dev) else None
     use_teacher = data.teacher is not None and cfg.distill_weight > 0 and len(data.teacher) > 0
-    teacher = torch.as_tensor(data.teacher, dtype=torch.float32) if use_teacher else None
-    key = fingerprint(clf, data, cfg, model_cfg)
+    teacher = head.teacher(data.teacher) if use_teacher else None
+    key = fingerprint(clf, data, cfg, model_cfg, head)
     every = cfg.checkpoint_every if run_dir else 0
     loop = (load_checkpoint(run_dir, fingerprint=key, model=model, optimizer=opt, scheduler=sched)
             if every else None) or _fresh_loop()
@@ -271,9 +306,9 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
         batches = epoch_batches(lengths, cfg, loop["epoch"])
         while loop["batch"] < len(batches) and loop["step"] < total:
             idx = batches[loop["batch"]]
+            inputs, target = head.collate(clf, ids, labels, idx, device)
             with autocast:
-                loss = _loss(clf, _inputs(clf, ids, idx, device), torch.as_tensor(labels[idx], device=device),
-                             idx, data, teacher, cfg)
+                loss = _loss(clf, inputs, target, idx, data, teacher, cfg, head)
             _optimize(loss, model, opt, sched, cfg)
             _record(loop, idx, loss, data.new_rows, started, bar, total)
             if every and loop["step"] % every == 0:
@@ -282,13 +317,13 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
                 on_step(loop["step"])
         # also after a max_steps cut, and after resuming from a checkpoint taken at the
         # epoch's last step, so both runs see the same dev losses
-        _end_epoch(loop, clf, dev, cfg, device, autocast)
+        _end_epoch(loop, clf, dev, cfg, device, autocast, head)
         loop.update(epoch=loop["epoch"] + 1, batch=0)
         if loop["step"] >= total:
             break
     bar.close()
     report = _finish(clf, data, loop, device, amp_dtype, resumed, key)
-    cut = count_truncated(clf.tokenizer, list(data.rows["text"]), model_cfg.max_length)
+    cut = head.truncated(clf, data.rows, model_cfg.max_length)
     if cut:
         log.info("%d of %d training texts are longer than model.max_length (%d tokens) and were truncated",
                  cut, len(data.rows), model_cfg.max_length)

@@ -33,6 +33,7 @@ from tasks.config import DriftConfig
 from tasks.drift import sample_rows
 from tasks.embed_drift import EmbeddingDrift, coverage, embedding_drift
 from tasks.model import Classifier
+from tasks.ner.evaluate import evaluate_tagger
 from tasks.ner.tags import spans, types_of
 
 TYPE_SHARE_THRESHOLD = 0.1  # Jensen-Shannon distance (base 2) of mention shares per type
@@ -110,13 +111,11 @@ def champion_quality(champion: Classifier, sentences: pd.DataFrame, recorded_f1:
                      max_drop: float, max_length: int) -> dict:
     """Production's entity micro F1 on the batch's sentences, over the types it knows and
     the batch annotates (a type it has never seen is the drift signal's business)."""
-    from tasks.ner.evaluate import evaluate_tagger
-
     # scored on the types both production knows and the batch annotates (names in its tags)
     types = set(types_of(champion.labels)) & set(types_of(t for tags in sentences["tags"] for t in tags))
     frame = sentences.assign(slice="batch", batch_id="batch")
     sheet = evaluate_tagger(champion, frame, "batch", batch_size=64, max_length=max_length,
-                            annotated={"batch": types})["overall"]
+                            annotated={"batch": types})["all"]["overall"]
     f1, mentions = sheet["f1"], sheet["support"]
     dropped = bool(recorded_f1 is not None and mentions and recorded_f1 - f1 > max_drop)
     return {"f1": f1, "recorded_f1": recorded_f1, "sentences": len(frame), "mentions": int(mentions),

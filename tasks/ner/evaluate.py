@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tasks.evaluate import row_keys
 from tasks.model import Classifier
 from tasks.ner.model import encode_words, first_subword_positions
 from tasks.ner.tags import spans, types_of
@@ -76,22 +77,40 @@ def batch_types(exam: pd.DataFrame) -> dict[str, set[str]]:
     return {str(b): set(types_of(t for tags in g["tags"] for t in tags)) for b, g in exam.groupby("batch_id")}
 
 
-def evaluate_tagger(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str, *, batch_size: int,
+def _sheet(per: list[dict[str, Counter]], exam: pd.DataFrame) -> dict:
+    out = {"overall": score(per), "slices": {}, "batches": {}}
+    for key, column in (("slices", "slice"), ("batches", "batch_id")):
+        for name, group in exam.groupby(column, sort=True):
+            out[key][str(name)] = score([per[i] for i in group.index])
+    return out
+
+
+def evaluate_tagger(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str | list[str], *, batch_size: int,
                     max_length: int, annotated: dict[str, set[str]] | None = None) -> dict:
-    """Score sheet {"overall", "slices", "batches", "rows"}; rows has per-sentence tp/fp/fn
-    (all types), slice, batch_id and is_new, for the gate. `clf` None (no champion) scores
-    as predicting nothing."""
+    """Score sheets as for a classifier (tasks/evaluate.py): "all", "old" (None when the
+    exam had no old rows), "new" (each {"overall", "slices", "batches"}), and "rows": per
+    sentence tp/fp/fn (the types its batch annotates), correct (1 when every entity was
+    found exactly and nothing else), the predicted tags, slice, key and is_new, for the
+    gate. `new_batch_id` may list several batches (pending ones are new too). `clf` None
+    (no champion) scores as predicting nothing."""
     exam = exam.reset_index(drop=True)
     sentences = [list(t) for t in exam["tokens"]]
     preds = (predict_tags(clf, sentences, batch_size=batch_size, max_length=max_length) if clf is not None
              else [["O"] * len(s) for s in sentences])
     annotated = annotated if annotated is not None else batch_types(exam)
     per = [counts(list(g), p, annotated.get(str(b))) for g, p, b in zip(exam["tags"], preds, exam["batch_id"])]
-    out = {"overall": score(per), "slices": {}, "batches": {}}
-    for key, column in (("slices", "slice"), ("batches", "batch_id")):
-        for name, group in exam.groupby(column, sort=True):
-            out[key][str(name)] = score([per[i] for i in group.index])
-    out["rows"] = {k: [sum(c[k].values()) for c in per] for k in ("tp", "fp", "fn")} | {
-        "slice": exam["slice"].astype(str).tolist(), "batch_id": exam["batch_id"].astype(str).tolist(),
-        "is_new": (exam["batch_id"].astype(str) == new_batch_id).tolist()}
-    return out
+    new_ids = [new_batch_id] if isinstance(new_batch_id, str) else list(new_batch_id)
+    is_new = exam["batch_id"].astype(str).isin(new_ids)
+
+    def part(mask) -> dict:
+        sub = exam[mask].reset_index(drop=True)
+        return _sheet([c for c, m in zip(per, mask) if m], sub)
+
+    totals = {k: [sum(c[k].values()) for c in per] for k in ("tp", "fp", "fn")}
+    return {"all": _sheet(per, exam), "old": part(~is_new) if (~is_new).any() else None, "new": part(is_new),
+            "truncated_texts": 0,
+            "rows": totals | {
+                "correct": [int(fp == 0 and fn == 0) for fp, fn in zip(totals["fp"], totals["fn"])],
+                "pred": [" ".join(p) for p in preds], "key": row_keys(exam),
+                "slice": exam["slice"].astype(str).tolist(), "batch_id": exam["batch_id"].astype(str).tolist(),
+                "is_new": is_new.tolist()}}

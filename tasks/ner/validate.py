@@ -14,12 +14,17 @@ are dropped, per `validate.on_bad_rows`.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 
 import pandas as pd
 
 from tasks.config import NerConfig, ValidateConfig
+from tasks.intake import batch_id_for, source_name
+from tasks.ner.conll import parse_ner_bytes
 from tasks.ner.tags import iob2_errors, spans, types_of
+from tasks.registry import Registry
+from tasks.storage import read_bytes
 from tasks.validate import MAX_EXAMPLES, Failure, ValidationResult
 
 
@@ -111,11 +116,6 @@ def validate_ner(frame: pd.DataFrame | None, cfg: NerConfig, validate_cfg: Valid
 def check_file(source: str, ws, params) -> tuple[str, ValidationResult]:
     """`ratchet validate FILE` for task.type ner: (batch id, result) against production's
     entity types and params.yaml, without writing anything."""
-    from tasks.intake import batch_id_for, source_name
-    from tasks.ner.conll import parse_ner_bytes
-    from tasks.registry import Registry
-    from tasks.storage import read_bytes
-
     raw = read_bytes(source, endpoint_url=params.validate.s3_endpoint or None)
     frame, error = None, None
     try:
@@ -126,13 +126,12 @@ def check_file(source: str, ws, params) -> tuple[str, ValidationResult]:
         Registry(ws.models_dir)), parse_error=error)
 
 
+def types_of_version(reg, version: str) -> list[str]:
+    """Entity types a registry version's tagger knows."""
+    return types_of(json.loads((reg.path(version) / "config.json").read_text())["id2label"].values())
+
+
 def production_types(reg) -> list[str] | None:
     """Entity types the production tagger knows (None before the first promotion)."""
-    import json
-
-    from tasks.ner.tags import types_of
-
     version = reg.resolve("production")
-    if version is None:
-        return None
-    return types_of(json.loads((reg.path(version) / "config.json").read_text())["id2label"].values())
+    return types_of_version(reg, version) if version else None

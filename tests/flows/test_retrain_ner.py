@@ -53,9 +53,9 @@ def test_two_ner_batches_promoted_with_growth_and_replay(ner_run):
 
     assert summary(record)["bwt"] is not None
     second = outcomes[1]["details"]
-    assert second["new_types"] == ["ORG"] and second["train"]["replay_rows"] > 0
+    assert second["new_labels"] == ["ORG"] and second["train"]["replay_rows"] > 0
     assert "new_types" in second["drift"]["signals"]
-    assert [c["kind"] for c in second["gate"]["checks"]] == ["old_slice", "old_overall", "new_batch"]
+    assert [c["kind"] for c in second["gate"]["checks"]] == ["old_slice", "old_overall", "floor", "flips", "new_batch"]
     assert json.loads((ws / "models" / "production" / "config.json").read_text())["id2label"]["5"] == "B-ORG"
     card = (ws / "models" / "production" / "README.md").read_text()  # the model card
     assert "micro F1" in card and "Entity micro F1 of each version" in card
@@ -136,7 +136,7 @@ def test_cli_validate_and_drift_read_ner_batches(ner_run):
 
 def test_split_removes_leaks_against_earlier_batches(ner_run, tmp_path):
     from conftest import toy_ner_frame
-    from flows.retrain_ner import split_ner
+    from tasks.kinds import NER
     from tasks.workspace import Workspace
 
     ws, _, outcomes = ner_run
@@ -148,7 +148,7 @@ def test_split_removes_leaks_against_earlier_batches(ner_run, tmp_path):
     leaked = pd.DataFrame({"tokens": [list(exam.tokens[0]), list(trained.tokens[0])],
                                              "tags": [list(exam.tags[0]), list(trained.tags[0])],
                                              "split": ["train", "test"]})
-    parts, leaks = split_ner(pd.concat([frame, leaked], ignore_index=True), "b-leak", 0.3, ws,
+    parts, leaks = NER.split(pd.concat([frame, leaked], ignore_index=True), "b-leak", 0.3, ws,
                              [first])
     assert leaks["train_in_exam"] == 1 and leaks["exam_already_trained"] == 1
     assert len(parts.train) + len(parts.test) == len(frame)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from tasks.config import ModelConfig, TrainConfig, load_params
-from tasks.finetune import TrainSet, finetune, length_bucketed_batches, pick_device, train_candidate, training_rows
+from tasks.finetune import TrainSet, finetune, pick_device, train_candidate
+from tasks.trainloop import length_bucketed_batches
 from tasks.intake import split_batch
 from tasks.model import load_base, load_classifier
 from tasks.replay import ReplayBuffer
@@ -152,14 +153,6 @@ def test_finetune_seed_matters(toy):
                  model_cfg=MODEL)
         weights.append(clf.model.classifier.weight.detach().clone())
     assert not torch.equal(*weights)
-
-
-def test_training_rows_keeps_new_first():
-    new = pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"], "slice": "s", "batch_id": "b2"})
-    old = pd.DataFrame({"text": ["c"], "label": ["x"], "slice": "s", "batch_id": "b1"})
-    out = training_rows(new, old)
-    assert list(out.columns) == ["text", "label"]
-    assert list(out["text"]) == ["a", "b", "c"]
 
 
 # --- candidate ------------------------------------------------------------------------

@@ -120,8 +120,7 @@ def test_flip_counts_match_a_hand_count():
 def test_flipped_rows_lists_both_answers_negative_first_and_is_capped():
     cand, champ = exam({"a": (0.9, 100)}, {"a": 3}, (0.9, 10))
     cand["rows"]["correct"][-11] = 1  # noqa: a positive flip on a wrong row would need a wrong row
-    frame = pd.DataFrame({"text": [f"t{i}" for i in range(110)], "label": ["x"] * 110})
-    got = flipped_rows(cand, champ, frame, cap=2)
+    got = flipped_rows(cand, champ, [f"t{i}" for i in range(110)], ["x"] * 110, cap=2)
     assert len(got) == 2 and all(r["flip"] == "negative" for r in got)
     assert {"key", "slice", "text", "label", "champion", "candidate"} <= set(got[0])
 

@@ -1,0 +1,84 @@
+"""The task-type contract: everything that differs between a sentence classifier and a
+tagger, and nothing else.
+
+The flow (flows/retrain.py, flows/attempts.py), the training loop, the exam, the gate,
+the registry, the accuracy/F1 matrix, the model card, `ratchet status`, the DVC stages and
+`ratchet audit` are written once and call a `TaskKind`, looked up by `task.type` in
+params.yaml. docs/architecture.md says how to add one; tests/flows/test_conformance.py
+runs every registered kind (and a toy one registered only there) through the whole flow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from tasks.config import GateConfig, Params
+from tasks.intake import Intake, Split
+from tasks.validate import ValidationResult
+from tasks.workspace import Workspace
+
+
+class TaskKind(Protocol):
+    name: str            # the `task.type` value
+    metric: str          # the headline score in a sheet's "overall" (accuracy, f1)
+    training: Any        # the finetune stage's part: columns, head, starting point, buffer rows, teacher
+
+    def parse(self, raw: bytes, name: str, encoding: str) -> pd.DataFrame | None:
+        """A delivery's rows, or None: the default text/label table parser (with file rows)."""
+
+    def validate(self, got: Intake, ws: Workspace, params: Params, reg, parent: str | None) -> ValidationResult:
+        """Row checks of a parsed delivery against `parent` (production, or an audit's version)."""
+
+    def check_file(self, source: str, ws: Workspace, params: Params) -> tuple[str, ValidationResult]:
+        """`ratchet validate FILE`: (batch id, result), writing nothing."""
+
+    def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
+              lineage: list[str]) -> tuple[Split, dict | None]:
+        """train / dev / held-out rows, stored (held-out rows join the exam); leaks removed
+        here when validation did not (their counts, or None)."""
+
+    def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,
+              metadata: dict | None, out_dir: Path):
+        """The drift result the retrain policy reads (drifted, quality_dropped, headline())."""
+
+    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
+        """Score sheets "all" / "old" / "new" ({"overall", "slices", "batches"}) and "rows"
+        (per-row outcomes: the statistic's columns, correct, pred, slice, key, is_new)."""
+
+    def statistic(self, cfg: GateConfig):
+        """What the gate tests (tasks/gate_stats.py Accuracy, EntityF1)."""
+
+    def describe(self, exam: pd.DataFrame) -> tuple[list[str], list[str]]:
+        """(text, gold answer) per exam row, as flips.csv shows them."""
+
+    def works(self, model_dir: Path) -> str | None:
+        """The smoke test before promotion: None when a stored model loads and predicts."""
+
+    def check_drift(self, path: Path, ws: Workspace, params: Params, run_id: str):
+        """`ratchet drift FILE`: (validation result, drift result or None when rejected)."""
+
+
+KINDS: dict[str, TaskKind] = {}
+
+
+def register(kind: TaskKind) -> TaskKind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> TaskKind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"task.type: unknown task type {name!r} (known: {', '.join(sorted(KINDS))})") from None
+
+
+def score_of(metadata: dict) -> tuple[str, float | None]:
+    """(metric name, value) of a version's headline score on its own exam."""
+    overall = (metadata.get("metrics") or {}).get("overall") or {}
+    metric = KINDS[metadata["task"]].metric if metadata.get("task") in KINDS else (
+        "f1" if "f1" in overall and "accuracy" not in overall else "accuracy")
+    return metric, overall.get(metric) if isinstance(overall, dict) else None

@@ -1,0 +1,79 @@
+"""`task.type: classification`: text in, one label out (the CLINC150 demo, Banking77, FPB).
+
+Rows are text, label (and optional slice, split). Leaks are found by validation (the
+context holds the exam's texts and past training texts); the drift signals are text
+descriptors, tokenizer coverage, vocabulary, the champion's embeddings and its accuracy
+on the batch; the gate statistic is accuracy over per-row right/wrong outcomes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.config import GateConfig, Params
+from tasks.context import PRODUCTION, load_context
+from tasks.drift import check_file as drift_check_file
+from tasks.drift import detect_drift
+from tasks.embed_drift import load_champion
+from tasks.evaluate import evaluate
+from tasks.finetune import SENTENCES
+from tasks.gate_stats import Accuracy
+from tasks.intake import Intake, Split, split_batch, store_split
+from tasks.kinds.base import register
+from tasks.model import load_classifier
+from tasks.registry import classifier_works
+from tasks.validate import ValidationResult, check_file, validate_frame
+from tasks.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Classification:
+    name: str = "classification"
+    metric: str = "accuracy"
+    training: object = SENTENCES
+
+    def parse(self, raw: bytes, name: str, encoding: str) -> pd.DataFrame | None:
+        return None  # the text/label table parser, with file row numbers and malformed rows
+
+    def validate(self, got: Intake, ws: Workspace, params: Params, reg=None,
+                 parent: str | None = PRODUCTION) -> ValidationResult:
+        context = load_context(ws, params, got.batch_id, parent=parent) if got.frame is not None else None
+        return validate_frame(got.frame, params.validate, got.parse_error, labels=params.labels, context=context,
+                              rows=got.rows, malformed=got.malformed)
+
+    def check_file(self, source: str, ws: Workspace, params: Params) -> tuple[str, ValidationResult]:
+        return check_file(source, ws, params)
+
+    def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
+              lineage: list[str]) -> tuple[Split, dict | None]:
+        split = split_batch(rows, batch_id, test_share)
+        store_split(split, batch_id, ws)
+        return split, None  # leaks were removed by validation
+
+    def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,
+              metadata: dict | None, out_dir: Path):
+        champion = load_champion(champion_dir, base=params.model.base, metadata=metadata, seed=params.train.seed,
+                                 max_length=params.model.max_length) if reference is not None else None
+        return detect_drift(rows, reference, params.drift, out_dir, params.train.seed, champion)
+
+    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
+        clf = load_classifier(model_dir) if model_dir is not None else None
+        return evaluate(clf, exam, new_ids, batch_size=params.evaluate.batch_size, max_length=params.model.max_length)
+
+    def statistic(self, cfg: GateConfig) -> Accuracy:
+        return Accuracy()
+
+    def describe(self, exam: pd.DataFrame) -> tuple[list[str], list[str]]:
+        return exam["text"].astype(str).tolist(), exam["label"].astype(str).tolist()
+
+    def works(self, model_dir: Path) -> str | None:
+        return classifier_works(model_dir)
+
+    def check_drift(self, path: Path, ws: Workspace, params: Params, run_id: str):
+        return drift_check_file(path, ws, params, run_id)
+
+
+CLASSIFICATION = register(Classification())

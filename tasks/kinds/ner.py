@@ -1,0 +1,137 @@
+"""`task.type: ner`: pre-split words in, one IOB2 tag per word out (CoNLL-2003 style).
+
+Rows are tokens, tags (and optional slice, split), parsed from JSONL, Parquet or CoNLL
+column files. Row checks are IOB2 well-formedness and entity-type rules; leaks (a
+sentence in the exam and in training) are removed when the batch is split; the drift
+signals are entity-type shares, sentence descriptors, the champion's sentence
+embeddings and its F1 on the batch; the gate statistic is entity micro F1 from per-row
+tp/fp/fn, and a row is "correct" when its entities were found exactly (for flips).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.config import GateConfig, Params
+from tasks.context import PRODUCTION
+from tasks.gate_stats import EntityF1
+from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, load_train, store_split
+from tasks.kinds.base import register
+from tasks.ner.conll import parse_ner_bytes
+from tasks.ner.drift import detect_ner_drift
+from tasks.ner.evaluate import batch_types, evaluate_tagger
+from tasks.ner.model import load_tagger
+from tasks.ner.train import NER_COLUMNS, TAGGERS
+from tasks.ner.validate import check_file, types_of_version, validate_ner
+from tasks.evaluate import load_exam
+from tasks.policy import load_pending
+from tasks.registry import Registry
+from tasks.validate import ValidationResult
+from tasks.workspace import Workspace
+
+
+def _sentence_keys(frame: pd.DataFrame | None) -> pd.Series:
+    if frame is None or not len(frame):
+        return pd.Series([], dtype=str)
+    return frame["tokens"].map(lambda t: " ".join(t).lower())
+
+
+def remove_leaks(parts: Split, ws: Workspace, lineage: list[str]) -> tuple[Split, dict[str, int]]:
+    """Train sentences already in the exam (or in this batch's held-out part) are not
+    trained on; held-out sentences that were trained on earlier are not examined."""
+    exam = set(_sentence_keys(load_exam(ws.exam_dir, lineage) if lineage else None)) | set(_sentence_keys(parts.test))
+    trained = set(_sentence_keys(load_train(lineage, ws)))
+    train_leak = _sentence_keys(parts.train).isin(exam).to_numpy()
+    dev_leak = _sentence_keys(parts.dev).isin(exam).to_numpy()
+    test_leak = _sentence_keys(parts.test).isin(trained).to_numpy()
+    clean = Split(parts.train[~train_leak].reset_index(drop=True), parts.dev[~dev_leak].reset_index(drop=True),
+                  parts.test[~test_leak].reset_index(drop=True))
+    return clean, {"train_in_exam": int(train_leak.sum()), "dev_in_exam": int(dev_leak.sum()),
+                   "exam_already_trained": int(test_leak.sum())}
+
+
+def recorded_f1(metadata: dict | None) -> float | None:
+    """Production's micro F1 on its own exam when it was promoted (the quality baseline)."""
+    return (((metadata or {}).get("metrics") or {}).get("overall") or {}).get("f1")
+
+
+def tagger_works(path: Path) -> str | None:
+    """Load a stored tagger and tag once; None when it works."""
+    clf = load_tagger(path)
+    probe = clf.tokenizer([["ratchet", "smoke", "test"]], is_split_into_words=True, return_tensors="pt")
+    return None if clf.model(**probe).logits.shape[-1] == len(clf.labels) else "a working tagger"
+
+
+@dataclass(frozen=True)
+class Ner:
+    name: str = "ner"
+    metric: str = "f1"
+    training: object = TAGGERS
+
+    def parse(self, raw: bytes, name: str, encoding: str) -> pd.DataFrame | None:
+        return parse_ner_bytes(raw, name, encoding)
+
+    def validate(self, got: Intake, ws: Workspace, params: Params, reg=None,
+                 parent: str | None = PRODUCTION) -> ValidationResult:
+        version = reg.resolve("production") if parent == PRODUCTION else parent
+        known = types_of_version(reg, version) if version else None
+        return validate_ner(got.frame, params.ner, params.validate, known_types=known, parse_error=got.parse_error)
+
+    def check_file(self, source: str, ws: Workspace, params: Params) -> tuple[str, ValidationResult]:
+        return check_file(source, ws, params)
+
+    def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
+              lineage: list[str]) -> tuple[Split, dict | None]:
+        """The `split` column, else a stable hash of the sentence (repeated sentences stay
+        on one side); leaks against the lineage removed; stored like any batch."""
+        df = rows.reset_index(drop=True).copy()
+        split = assign_split(df.assign(text=[" ".join(t) for t in df["tokens"]]), test_share)
+        df["slice"] = df["slice"].astype(str) if "slice" in df.columns else batch_id
+        df["batch_id"] = batch_id
+        parts, leaks = remove_leaks(Split(*(df.loc[split.isin(names), NER_COLUMNS].reset_index(drop=True)
+                                            for names in (TRAIN_NAMES, DEV_NAMES, TEST_NAMES))), ws, lineage)
+        store_split(parts, batch_id, ws, task="ner", leakage=leaks)
+        return parts, leaks
+
+    def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,
+              metadata: dict | None, out_dir: Path):
+        return detect_ner_drift(rows, reference, params.drift,
+                                champion=load_tagger(champion_dir) if champion_dir else None, out_dir=out_dir,
+                                seed=params.train.seed, max_length=params.model.max_length,
+                                recorded_f1=recorded_f1(metadata))
+
+    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
+        clf = load_tagger(model_dir) if model_dir is not None else None
+        # each sentence is scored on the entity types its own batch annotates
+        return evaluate_tagger(clf, exam, new_ids, batch_size=params.evaluate.batch_size,
+                               max_length=params.model.max_length, annotated=batch_types(exam))
+
+    def statistic(self, cfg: GateConfig) -> EntityF1:
+        return EntityF1(n_resamples=cfg.n_resamples)
+
+    def describe(self, exam: pd.DataFrame) -> tuple[list[str], list[str]]:
+        return [" ".join(t) for t in exam["tokens"]], [" ".join(t) for t in exam["tags"]]
+
+    def works(self, model_dir: Path) -> str | None:
+        return tagger_works(model_dir)
+
+    def check_drift(self, path: Path, ws: Workspace, params: Params, run_id: str):
+        """`ratchet drift FILE`: (validation, drift or None when rejected), against the
+        sentences behind production and the pending batches; writes only reports/<run_id>/."""
+        _, checked = check_file(str(path), ws, params)
+        if not checked.passed:
+            return checked, None
+        frame = checked.kept(parse_ner_bytes(path.read_bytes(), path.name, params.validate.encoding))
+        reg = Registry(ws.models_dir)
+        champion = reg.resolve("production")
+        meta = reg.metadata(champion) if champion else {}
+        lineage = list(meta.get("batch_ids", []))
+        lineage += [b for b in load_pending(ws.data_dir) if b not in lineage]  # as the flow's reference
+        return checked, self.drift(frame, load_train(lineage, ws), params, reg.path(champion) if champion else None,
+                                   meta, ws.run_dir(run_id))
+
+
+NER = register(Ner())
