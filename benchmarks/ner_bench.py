@@ -72,17 +72,18 @@ def _evaluate(path: str, test: pd.DataFrame, types: set[str], params) -> dict:
 
     started = time.perf_counter()
     sheet = evaluate_tagger(load_tagger(path), test, "test", batch_size=params.evaluate.batch_size,
-                            max_length=params.model.max_length, annotated={"test": types})["overall"]
+                            max_length=params.model.max_length, annotated={"test": types})["all"]["overall"]
     return {"f1": sheet["f1"], "precision": sheet["precision"], "recall": sheet["recall"],
             "macro_f1": sheet["macro_f1"], "per_type_f1": {k: v["f1"] for k, v in sheet["per_type"].items()},
             "eval_seconds": round(time.perf_counter() - started, 1)}
 
 
 def run_joint(train: pd.DataFrame, test: pd.DataFrame, params, work: Path) -> dict:
-    from tasks.ner.train import train_tagger
+    from tasks.finetune import train_candidate
+    from tasks.ner.train import TAGGERS
 
     rows = train.assign(slice="joint", batch_id="joint")
-    cand = train_tagger(champion_dir=None, train_rows=rows, out_dir=work / "joint", params=params)
+    cand = train_candidate(training=TAGGERS, champion_dir=None, train_rows=rows, out_dir=work / "joint", params=params)
     return {"train_sentences": len(rows), "train_seconds": cand.train.seconds,
             "test": _evaluate(cand.path, test, {t for s in STAGES for t in s}, params)}
 
@@ -91,7 +92,8 @@ def run_stream(train: pd.DataFrame, test: pd.DataFrame, params, work: Path, seed
                progress=lambda stages: None) -> dict:
     """Stage k: its third of the sentences, tagged with the types arrived so far.
     `progress(stages)` after each stage, so a run cut short keeps what it measured."""
-    from tasks.ner.train import train_tagger
+    from tasks.finetune import train_candidate
+    from tasks.ner.train import TAGGERS
 
     thirds = np.array_split(np.random.default_rng(seed).permutation(len(train)), len(STAGES))
     arrived: set[str] = set()
@@ -101,7 +103,7 @@ def run_stream(train: pd.DataFrame, test: pd.DataFrame, params, work: Path, seed
         rows = train.iloc[np.sort(idx)].reset_index(drop=True)
         rows = rows.assign(tags=[restrict(t, arrived) for t in rows["tags"]], slice=f"stage{k + 1}",
                            batch_id=f"stage{k + 1}")
-        cand = train_tagger(champion_dir=champion, train_rows=rows, out_dir=work / f"stage{k + 1}", params=params)
+        cand = train_candidate(training=TAGGERS, champion_dir=champion, train_rows=rows, out_dir=work / f"stage{k + 1}", params=params)
         stages.append({"stage": k + 1, "new_types": cand.new_labels, "types_so_far": sorted(arrived),
                        "train_sentences": len(rows), "replayed": cand.train.replay_rows,
                        "train_seconds": cand.train.seconds, "test": _evaluate(cand.path, test, set(arrived), params)})

@@ -521,10 +521,11 @@ def _print_status(report: dict) -> None:
         console.print(f"last move: {m['time']} {m['alias']} {m['from']} -> {m['to']} by {m['who']}"
                       + (f" ({m['reason']})" if m.get("reason") else ""))
     table = Table(title="production lineage (newest first)")
-    for column in ["version", "batch", "source", "created", "exam accuracy"]:
+    metric = "entity F1" if report["lineage"] and report["lineage"][0].get("metric") == "f1" else "accuracy"
+    for column in ["version", "batch", "source", "created", f"exam {metric}"]:
         table.add_column(column)
     for e in report["lineage"]:
-        acc = e.get("accuracy")
+        acc = e.get("score", e.get("accuracy"))
         table.add_row(str(e["version"]), str(e.get("batch_id") or ""), str(e.get("source") or ""),
                       str(e.get("created_at") or ""), "-" if acc is None else f"{acc:.3f}")
     console.print(table)

@@ -185,7 +185,7 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
     metadata = version_metadata(  # the promoted attempt's params: an audit replays exactly those
         params or run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
         metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
-        run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws)) | {"task": run.kind.name}
+        run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws)) | {"task": run.kind.name, "metric": run.kind.metric}
     parent = run.reg.metadata(run.champion) if run.champion else {}
     metadata["accuracy_matrix"] = extend(  # the task's score of each version on each batch (tasks/matrix.py)
         parent.get("accuracy_matrix"), parent_version=run.champion, batch_id=batch_id,

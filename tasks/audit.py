@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.config import Params, params_hash
-from tasks.registry import Registry
+from tasks.registry import Registry, score_metric
 from tasks.workspace import Workspace
 
 ARTIFACT = "model"          # the GTO artifact name in tags
@@ -122,7 +122,7 @@ def next_stage_tag(root: Path, stage: str = PRODUCTION_STAGE) -> str:
 
 def score_key(meta: dict) -> str:
     """A version's headline score: accuracy for a text classifier, entity micro F1 for a tagger."""
-    return "f1" if meta.get("task") == "ner" else "accuracy"
+    return score_metric(meta)
 
 
 def audit_frames(reg: Registry, version: str) -> dict[str, pd.DataFrame]:

@@ -68,9 +68,10 @@ def _lineage(lineage: list[dict]) -> list[str]:
     lines = ["## Data lineage", "", "Newest first, back to the first batch; each row is one promotion.", ""]
     if not lineage:
         return lines + ["No lineage recorded."]
-    rows = [[e.get("version"), e.get("batch_id"), e.get("source"), e.get("created_at"), e.get("accuracy")]
-            for e in lineage]
-    return lines + _table(["version", "batch", "source", "created", "exam accuracy"], rows)
+    rows = [[e.get("version"), e.get("batch_id"), e.get("source"), e.get("created_at"),
+             e.get("score", e.get("accuracy"))] for e in lineage]
+    metric = "entity F1" if lineage[0].get("metric") == "f1" else "accuracy"
+    return lines + _table(["version", "batch", "source", "created", f"exam {metric}"], rows)
 
 
 def _ner_metrics(metrics: dict) -> list[str]:

@@ -280,9 +280,19 @@ def weights_sha256(model_dir: Path) -> str:
 def lineage_entry(metadata: dict) -> dict:
     """One row of a version's lineage, as the model card and `ratchet status` show it."""
     overall = (metadata.get("metrics") or {}).get("overall") or {}
+    overall = overall if isinstance(overall, dict) else {}
+    metric = score_metric(metadata)
     return {"version": metadata.get("version"), "batch_id": metadata.get("batch_id"),
             "source": metadata.get("source"), "created_at": metadata.get("created_at"),
-            "accuracy": overall.get("accuracy") if isinstance(overall, dict) else None}
+            "metric": metric, "score": overall.get(metric), "accuracy": overall.get("accuracy")}
+
+
+def score_metric(metadata: dict) -> str:
+    """The name of a version's headline score: recorded at promotion by its task type
+    (accuracy for a classifier, f1 for a tagger)."""
+    if metadata.get("metric"):
+        return metadata["metric"]
+    return "f1" if metadata.get("task") == "ner" else "accuracy"  # versions stored before it was recorded
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -102,3 +102,47 @@ def test_finished_candidate_is_reused_not_retrained(setting, tmp_path):
     retrained = train_candidate(champion_dir=champion, train_rows=rows, out_dir=tmp_path / "c", params=other,
                                 on_step=steps.append)
     assert steps and retrained.train.inputs_sha256 != first.train.inputs_sha256
+
+
+# --- the same loop for a tagger (task.type: ner) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def tagger_setting(tmp_path_factory):
+    """A champion tagger and a batch with a new entity type: growth, replay, distillation
+    and frozen lower layers all on the resumed path."""
+    from conftest import toy_ner_frame
+
+    from tasks.ner.train import TAGGERS
+
+    tmp = tmp_path_factory.mktemp("resume-ner")
+    params = params_from_dict({"task": {"type": "ner"}, "model": {"base": "tiny", "max_length": 24},
+                               "replay": {"capacity": 30}, "train": {**TRAIN, "freeze_layers": 1}})
+    first = toy_ner_frame(["PER", "LOC"], sentences=30, seed=0).assign(slice="A", batch_id="a")
+    champion = train_candidate(champion_dir=None, train_rows=first, out_dir=tmp / "champion", params=params,
+                               training=TAGGERS)
+    second = toy_ner_frame(["ORG"], sentences=24, seed=1).assign(slice="B", batch_id="b")
+    return params, champion.path, second, TAGGERS
+
+
+def test_a_killed_tagger_fine_tune_resumes_bitwise_and_a_finished_one_is_reused(tagger_setting, tmp_path):
+    from tasks.ner.model import load_tagger
+
+    params, champion, rows, training = tagger_setting
+    kw = dict(champion_dir=champion, train_rows=rows, params=params, training=training)
+    whole = train_candidate(out_dir=tmp_path / "whole", **kw)
+    assert whole.train.steps > 5 and whole.train.replay_rows > 0 and whole.new_labels == ["ORG"]
+    out = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train_candidate(out_dir=out, on_step=crash_at(5), **kw)
+    assert not out.exists() and (tmp_path / "crashed.run" / FILE).exists()
+    resumed = train_candidate(out_dir=out, **kw)
+    assert resumed.train.resumed_from_step == 3
+    sa, sb = load_tagger(whole.path).model.state_dict(), load_tagger(resumed.path).model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert resumed.train.losses == whole.train.losses
+    # frozen: the embeddings did not move from the champion's
+    start = load_tagger(champion).model.state_dict()
+    name = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(sa[name], start[name])
+    again = train_candidate(out_dir=out, on_step=crash_at(1), **kw)  # finished: reused, not retrained
+    assert again.train.inputs_sha256 == resumed.train.inputs_sha256

@@ -12,10 +12,12 @@ from conftest import toy_ner_frame
 from tasks.config import GateConfig, load_params
 from tasks.model import save_classifier
 from tasks.ner.evaluate import evaluate_tagger, predict_tags
-from tasks.ner.gate import decide_ner, paired_f1_test
+from tasks.gate import decide
+from tasks.gate_stats import EntityF1
 from tasks.ner.model import IGNORE, align_labels, encode_words, grow_types, load_base_tagger, load_tagger
 from tasks.ner.tags import labels_for
-from tasks.ner.train import from_buffer_rows, to_buffer_rows, train_tagger
+from tasks.finetune import train_candidate
+from tasks.ner.train import TAGGERS, from_buffer_rows, to_buffer_rows
 from tasks.replay import ReplayBuffer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,6 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture
 def tiny():
     return load_base_tagger("tiny", labels_for(["PER", "LOC"]), seed=0)
+
+
+F1 = EntityF1(n_resamples=300)
 
 
 def test_align_labels_first_subword_only():
@@ -86,9 +91,9 @@ def two_stages(tmp_path_factory):
     (root / "params.yaml").write_text(TINY_PARAMS)
     params = load_params(root / "params.yaml", {"train.epochs": 30})
     train_a, test_a = _split(toy_ner_frame(["PER", "LOC"], sentences=80, seed=1), "a", "A")
-    first = train_tagger(champion_dir=None, train_rows=train_a, out_dir=root / "v1", params=params)
+    first = train_candidate(training=TAGGERS, champion_dir=None, train_rows=train_a, out_dir=root / "v1", params=params)
     train_b, test_b = _split(toy_ner_frame(["ORG", "PER"], sentences=80, seed=2), "b", "B")
-    second = train_tagger(champion_dir=first.path, train_rows=train_b, out_dir=root / "v2", params=params)
+    second = train_candidate(training=TAGGERS, champion_dir=first.path, train_rows=train_b, out_dir=root / "v2", params=params)
     return first, second, pd.concat([test_a, test_b], ignore_index=True)
 
 
@@ -97,7 +102,7 @@ def test_tiny_tagger_learns_and_keeps_old_types_with_replay(two_stages):
     assert first.new_labels == ["LOC", "PER"] and second.new_labels == ["ORG"]
     assert second.train.replay_rows > 0
     assert ReplayBuffer.load(second.path).seen == first.train.new_rows + second.train.new_rows
-    sheet = evaluate_tagger(load_tagger(second.path), exam, "b", batch_size=16, max_length=32)
+    sheet = evaluate_tagger(load_tagger(second.path), exam, "b", batch_size=16, max_length=32)["all"]
     assert sheet["batches"]["b"]["per_type"]["ORG"]["f1"] > 0.8
     assert sheet["batches"]["a"]["f1"] > 0.8, sheet["batches"]["a"]
 
@@ -107,12 +112,12 @@ def test_gate_promotes_the_learner_and_rejects_a_forgetter(two_stages, tmp_path)
     cfg = GateConfig(tolerance=0.05, min_new_slice_score=0.5, min_slice_size=10, n_resamples=300)
     kw = {"batch_size": 16, "max_length": 32}
     champ = evaluate_tagger(load_tagger(first.path), exam, "b", **kw)
-    good = decide_ner(evaluate_tagger(load_tagger(second.path), exam, "b", **kw), champ, cfg, seed=0)
+    good = decide(evaluate_tagger(load_tagger(second.path), exam, "b", **kw), champ, cfg, 0, None, F1)
     assert good.promote, good.reasons
-    assert [c.kind for c in good.checks] == ["old_slice", "old_overall", "new_batch"]
+    assert [c.kind for c in good.checks] == ["old_slice", "old_overall", "flips", "new_batch"]
     # a tagger that never learned PER/LOC (fresh head) fails the old slice
     fresh = load_base_tagger("tiny", second.labels, seed=3)
-    bad = decide_ner(evaluate_tagger(fresh, exam, "b", **kw), champ, cfg, seed=0)
+    bad = decide(evaluate_tagger(fresh, exam, "b", **kw), champ, cfg, 0, None, F1)
     assert not bad.promote
     assert any(c.name == "slice:A" and c.verdict == "FAIL" for c in bad.checks)
 
@@ -120,11 +125,11 @@ def test_gate_promotes_the_learner_and_rejects_a_forgetter(two_stages, tmp_path)
 def test_paired_f1_bootstrap_bounds():
     rng = np.random.default_rng(0)
     same = rng.integers(0, 3, size=(200, 3))
-    lb, p = paired_f1_test(same, same, tolerance=0.05, alpha=0.05, n_resamples=200, seed=0)
+    lb, p = EntityF1(n_resamples=200).test(same, same, 0.05, 0.05, 0)
     assert lb == 0.0 and p == 0.0
     worse = same.copy()
     worse[:, 0], worse[:, 2] = 0, same[:, 0] + same[:, 2]  # finds nothing
-    lb, p = paired_f1_test(worse, same, tolerance=0.05, alpha=0.05, n_resamples=200, seed=0)
+    lb, p = EntityF1(n_resamples=200).test(worse, same, 0.05, 0.05, 0)
     assert lb < -0.05 and p > 0.05
 
 
@@ -132,5 +137,5 @@ def test_gate_without_champion_judges_only_the_new_batch(two_stages):
     first, _, exam = two_stages
     sheet = evaluate_tagger(load_tagger(first.path), exam[exam["batch_id"] == "a"], "a", batch_size=16,
                             max_length=32)
-    decision = decide_ner(sheet, None, GateConfig(min_new_slice_score=0.5), seed=0)
+    decision = decide(sheet, None, GateConfig(min_new_slice_score=0.5), 0, None, F1)
     assert decision.promote and [c.kind for c in decision.checks] == ["new_batch"]
