@@ -65,7 +65,7 @@ repro: $(STAMP)
 
 BENCH_SCALE ?= small
 
-# JSON + PNG under benchmarks/results/, then the README's Benchmarks table from them
+# JSON + PNG under benchmarks/results/, then the Benchmarks section of docs/benchmarks.md from them
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.continual --scale $(BENCH_SCALE)
 	$(BIN)/python -m benchmarks.overhead

@@ -1,12 +1,12 @@
-"""Write the README's "Benchmarks" section from the results JSON (never by hand).
+"""Write the "Benchmarks" section of docs/benchmarks.md from the results JSON (never by hand).
 
-    python -m benchmarks.report                  # small-scale results into README.md
+    python -m benchmarks.report                  # small-scale results into docs/benchmarks.md
     python -m benchmarks.report --scale full
 
 Reads benchmarks/results/continual_<stream>_<scale>.json, overhead.json and
 ner_conll2003_<scale>.json (when present) and replaces
 everything between the `<!-- benchmarks:start -->` and `<!-- benchmarks:end -->`
-markers of README.md (the section is appended when the markers are absent).
+markers of docs/benchmarks.md (the section is appended when the markers are absent).
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     ap.add_argument("--scale", default="small")
     ap.add_argument("--results", type=Path, default=RESULTS)
-    ap.add_argument("--readme", type=Path, default=REPO / "README.md")
+    ap.add_argument("--readme", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     update_readme(args.readme, section(args.results, args.scale))
     print(f"updated {args.readme}")

@@ -1,4 +1,4 @@
-"""The retrain flow: one delivered batch through the whole path of ARCHITECTURE.md.
+"""The retrain flow: one delivered batch through the whole path of docs/architecture.md.
 
 intake -> validate -> (quarantine | split) -> drift -> finetune -> evaluate -> gate -> promote
 

@@ -2,7 +2,7 @@
 
 A workspace is a repository root (the current directory or `--workspace DIR`). Every
 stage asks this object for its paths instead of building strings, so the layout in
-ARCHITECTURE.md is written down exactly once. Creating the object touches nothing on
+docs/architecture.md is written down exactly once. Creating the object touches nothing on
 disk; stages create what they write.
 """
 

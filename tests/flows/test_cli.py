@@ -127,7 +127,7 @@ def test_status_json_lineage_aliases_integrity(tmp_path):
     assert report["production"] == "v0003"
     assert [e["version"] for e in report["lineage"]] == ["v0003", "v0002", "v0001"]
     assert report["lineage"][-1] == {"version": "v0001", "batch_id": "batch0", "source": "b0.csv",
-                                     "created_at": "2025-01-01", "accuracy": 0.9}
+                                     "created_at": "2025-01-01", "accuracy": 0.9, "metric": "accuracy", "score": 0.9}
     assert report["aliases"] == {"production": "v0003", "previous": "v0002"}
     intact = {v["version"]: v["intact"] for v in report["versions"]}
     assert intact == {"v0001": True, "v0002": False, "v0003": True}
