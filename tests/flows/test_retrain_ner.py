@@ -55,9 +55,8 @@ def test_two_ner_batches_promoted_with_growth_and_replay(ner_run):
     second = outcomes[1]["details"]
     assert second["new_labels"] == ["ORG"] and second["train"]["replay_rows"] > 0
     assert "new_types" in second["drift"]["signals"]
-    from tasks.registry import Registry, lineage_entry  # F1 in the lineage `ratchet status` and the card show
-    reg = Registry(ws / "models")
-    entry = lineage_entry(reg.metadata(second["version"]))
+    from tasks.registry import lineage_entry  # F1 in the lineage `ratchet status` and the card show
+    entry = lineage_entry(reg.metadata("v0002"))
     assert entry["metric"] == "f1" and entry["score"] is not None
     assert [c["kind"] for c in second["gate"]["checks"]] == ["old_slice", "old_overall", "floor", "flips", "new_batch"]
     assert json.loads((ws / "models" / "production" / "config.json").read_text())["id2label"]["5"] == "B-ORG"

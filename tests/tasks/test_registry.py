@@ -418,7 +418,7 @@ def test_lineage_walks_parents_to_the_first_batch(tmp_path):
     lineage = reg.lineage("v0003")
     assert [e["version"] for e in lineage] == ["v0003", "v0002", "v0001"]
     assert lineage[-1] == {"version": "v0001", "batch_id": "b0", "source": "s0.csv",
-                           "created_at": "2025-01-01", "accuracy": 0.5}
+                           "created_at": "2025-01-01", "accuracy": 0.5, "metric": "accuracy", "score": 0.5}
     card = (reg.path("v0003") / "README.md").read_text()
     assert all(f"| {v} | b{i} | s{i}.csv |" in card for i, v in enumerate(["v0001", "v0002", "v0003"]))
 
