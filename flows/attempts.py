@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from prefect import get_run_logger, task
 
 from tasks.answers import lineage_answers
 from tasks.config import Params, attempt_params, params_hash
-from prefect import get_run_logger, task
-
 from tasks.evaluate import load_exam
 from tasks.finetune import finetune_task
 from tasks.gate import flipped_rows, gate_task

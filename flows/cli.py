@@ -513,6 +513,8 @@ def status_report(reg) -> dict:
 def _print_status(report: dict) -> None:
     from rich.markup import escape
 
+    from tasks.matrix import metric_label
+
     console.print(f"production: [bold]{report['production'] or 'none'}[/]")
     aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(report["aliases"].items()))
     console.print(f"aliases: {aliases or 'none'}")
@@ -521,7 +523,7 @@ def _print_status(report: dict) -> None:
         console.print(f"last move: {m['time']} {m['alias']} {m['from']} -> {m['to']} by {m['who']}"
                       + (f" ({m['reason']})" if m.get("reason") else ""))
     table = Table(title="production lineage (newest first)")
-    metric = "entity F1" if report["lineage"] and report["lineage"][0].get("metric") == "f1" else "accuracy"
+    metric = metric_label(report["lineage"][0].get("metric") if report["lineage"] else None)
     for column in ["version", "batch", "source", "created", f"exam {metric}"]:
         table.add_column(column)
     for e in report["lineage"]:
@@ -545,10 +547,12 @@ def _print_status(report: dict) -> None:
 
 def _print_continual(continual: dict | None) -> None:
     """The production lineage's accuracy matrix, BWT and forgetting (tasks/matrix.py)."""
+    from tasks.matrix import metric_label
+
     if not continual:
         return
     record = continual["accuracy_matrix"]
-    score = "entity F1" if record.get("metric") == "f1" else "accuracy"
+    score = metric_label(record.get("metric"))
     table = Table(title=f"{score} matrix: rows = versions (learned batch), columns = batch held-out sets")
     for column in ["version", "learned", *[str(b)[:12] for b in record["batches"]]]:
         table.add_column(column)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tasks.matrix import summary
+from tasks.matrix import metric_label, summary
 
 FRONT_MATTER = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": ["ratchet"]}
 
@@ -70,7 +70,7 @@ def _lineage(lineage: list[dict]) -> list[str]:
         return lines + ["No lineage recorded."]
     rows = [[e.get("version"), e.get("batch_id"), e.get("source"), e.get("created_at"),
              e.get("score", e.get("accuracy"))] for e in lineage]
-    metric = "entity F1" if lineage[0].get("metric") == "f1" else "accuracy"
+    metric = metric_label(lineage[0].get("metric"))
     return lines + _table(["version", "batch", "source", "created", f"exam {metric}"], rows)
 
 

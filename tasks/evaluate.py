@@ -123,16 +123,7 @@ def load_exam(exam_dir, batch_ids: list[str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["text", "label", "slice", "batch_id"])
 
 
-# --- Prefect edge ------------------------------------------------------------------
-from prefect import task  # noqa: E402
-
-
-@task(name="evaluate")
-def evaluate_task(model_dir, exam: pd.DataFrame, new_batch_id: str, cfg, max_length: int) -> dict:
-    from tasks.model import load_classifier
-
-    clf = load_classifier(model_dir) if model_dir is not None else None
-    return evaluate(clf, exam, new_batch_id, batch_size=cfg.batch_size, max_length=max_length)
+# The Prefect task is flows/attempts.py `evaluate_task`: it evaluates through the task type.
 
 
 def main() -> None:

@@ -63,8 +63,8 @@ class SentenceTraining:
     rows sit in the replay buffer, the champion's outputs for distillation, and its head
     for the loop (tasks/trainloop.py). A tagger has its own (tasks/ner/train.py)."""
 
-    columns = ["text", "label"]
     head = SEQUENCE
+    columns = SEQUENCE.columns
 
     def starting_point(self, champion_dir, train_rows: pd.DataFrame, params: Params):
         """(classifier, champion's buffer or None, labels new to it)."""

@@ -136,6 +136,16 @@ class Outcomes:
     def __getitem__(self, mask) -> "Outcomes":
         return Outcomes(self.values[mask], self.correct[mask])
 
+    def where(self, mask: np.ndarray) -> "Outcomes":
+        """These outcomes on the rows of `mask`, zero elsewhere (same length)."""
+        rows = mask.reshape(-1, *[1] * (self.values.ndim - 1))
+        return Outcomes(np.where(rows, self.values, 0), np.where(mask, self.correct, 0))
+
+    @staticmethod
+    def combine(parts: list["Outcomes"]) -> "Outcomes":
+        """Outcomes of disjoint row groups (each zero outside its group) as one."""
+        return Outcomes(np.sum([p.values for p in parts], axis=0), np.sum([p.correct for p in parts], axis=0))
+
     @classmethod
     def of(cls, table, stat) -> "Outcomes":
         return cls(stat.values(table), np.asarray(table["correct"], dtype=int))
@@ -150,10 +160,7 @@ def _family(name_of, kind: str, cand: Outcomes, refs: dict, masks: dict, *, marg
     low = [g for g, c in zip(masks, checks) if c.low_power]
     if pool and len(low) >= 2:
         rows = np.logical_or.reduce([masks[g] for g in low])
-        ref = Outcomes(np.zeros_like(cand.values), np.zeros_like(cand.correct))
-        for g in low:
-            ref.values[masks[g]] = refs[g][1].values[masks[g]]
-            ref.correct[masks[g]] = refs[g][1].correct[masks[g]]
+        ref = Outcomes.combine([refs[g][1].where(masks[g]) for g in low])
         checks.append(paired_check(name_of(LOW_POWER_POOL), kind, cand[rows], ref[rows], margin=margin,
                                    plan=plan, reference="mixed" if kind == "floor" else "champion",
                                    min_rows=min_rows, stat=stat, seed=seed))
@@ -176,14 +183,13 @@ def best_versions(keys: np.ndarray, masks: dict[str, np.ndarray], history: dict,
     answered every one of its rows (later versions win ties): {group: (version, Outcomes
     aligned with `keys`, zero outside the group)}. `history`: {version: answers} (see
     `answers_table`)."""
-    aligned = {}
+    needed, aligned = sorted(set(stat.columns) | {"correct"}), {}
     for version, answers in history.items():
         table = answers_table(answers)
-        if not set(stat.columns) | {"correct"} <= set(table.columns):
+        if not set(needed) <= set(table.columns):
             continue  # answers of another statistic (or none): not comparable
-        table = table.reindex(list(keys))
-        answered = table[list(set(stat.columns) | {"correct"})].notna().all(axis=1).to_numpy()
-        aligned[version] = (answered, Outcomes.of(table.fillna(0), stat))
+        table = table.reindex(list(keys))[needed]
+        aligned[version] = (table.notna().all(axis=1).to_numpy(), Outcomes.of(table.fillna(0), stat))
     out = {}
     for group, mask in masks.items():
         best = None
@@ -192,9 +198,7 @@ def best_versions(keys: np.ndarray, masks: dict[str, np.ndarray], history: dict,
                 continue
             score = stat.score(got.values[mask])
             if best is None or score >= best[2]:
-                zeroed = Outcomes(np.where(mask.reshape(-1, *[1] * (got.values.ndim - 1)), got.values, 0),
-                                  np.where(mask, got.correct, 0))
-                best = (version, zeroed, score)
+                best = (version, got.where(mask), score)
         if best is not None:
             out[group] = best[:2]
     return out
@@ -218,8 +222,7 @@ def _new_check(cand: Outcomes, cfg: GateConfig, stat=ACCURACY) -> Check:
     n = int(cand.correct.size)
     got = round(stat.score(cand.values), 4) if n else 0.0
     verdict = "pass" if n and got >= cfg.min_new_slice_score else "FAIL"
-    name = "new batch held-out" + ("" if stat.name == "accuracy" else " (entity F1)" if stat.name == "f1"
-                                   else f" ({stat.name})")
+    name = "new batch held-out" + (f" ({stat.label})" if stat.label else "")
     return Check(name, "new_batch", n, None, got, None, None, cfg.min_new_slice_score, verdict)
 
 
@@ -264,8 +267,7 @@ def decide(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 
         keys = np.asarray(rows.get("key", [""] * len(new)), dtype=object)
         best = best_versions(keys, masks, history or {}, stat)
         floor_rows = np.logical_or.reduce([masks[g] for g in best]) if best else old
-        floor_ref = Outcomes(np.sum([b[1].values for b in best.values()], axis=0),
-                             np.sum([b[1].correct for b in best.values()], axis=0)) if best else champ
+        floor_ref = Outcomes.combine([b[1] for b in best.values()]) if best else champ
         # the planned false rejection is split over every test: slices, their pool, the overall
         # exam, and each floor once per version its best was picked from (see below)
         plan = _plan(cfg, 2 + len(masks) + len(best) * max(len(history or {}), 1),

@@ -132,6 +132,7 @@ class Accuracy:
     """Share of rows answered right; Tango's score test with planned power."""
 
     name: str = "accuracy"
+    label: str = ""  # shown after the new batch's check name; the default statistic needs none
     columns: tuple[str, ...] = ("correct",)
     planned: bool = True  # the margin is widened to what the rows can detect
 
@@ -163,6 +164,7 @@ class EntityF1:
     margin (no closed form to plan its power from)."""
 
     name: str = "f1"
+    label: str = "entity F1"
     columns: tuple[str, ...] = ("tp", "fp", "fn")
     planned: bool = False
     n_resamples: int = 2000

@@ -226,13 +226,6 @@ def intake_task(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = 
     return intake(source, ws, cfg, max_bytes, parser)
 
 
-@task(name="split")
-def split_task(frame: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace) -> Split:
-    split = split_batch(frame, batch_id, test_share)
-    store_split(split, batch_id, ws)
-    return split
-
-
 def main() -> None:
     """dvc stage `intake`: parse the audited batch into build/intake/."""
     from tasks import pipeline

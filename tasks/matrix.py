@@ -28,6 +28,11 @@ import numpy as np
 Matrix = Sequence[Sequence[float | None]] | np.ndarray
 
 
+def metric_label(metric: str | None) -> str:
+    """How a score's metric name is shown in tables: "entity F1" for f1."""
+    return "entity F1" if metric == "f1" else "accuracy"
+
+
 def as_array(matrix: Matrix) -> np.ndarray:
     """A float array with NaN for unknown cells; ragged rows are padded with NaN."""
     if isinstance(matrix, np.ndarray):

@@ -75,10 +75,3 @@ def get_kind(name: str) -> TaskKind:
     except KeyError:
         raise ValueError(f"task.type: unknown task type {name!r} (known: {', '.join(sorted(KINDS))})") from None
 
-
-def score_of(metadata: dict) -> tuple[str, float | None]:
-    """(metric name, value) of a version's headline score on its own exam."""
-    overall = (metadata.get("metrics") or {}).get("overall") or {}
-    metric = KINDS[metadata["task"]].metric if metadata.get("task") in KINDS else (
-        "f1" if "f1" in overall and "accuracy" not in overall else "accuracy")
-    return metric, overall.get(metric) if isinstance(overall, dict) else None

@@ -103,8 +103,8 @@ TOKENS = TokenLabels()
 class TaggerTraining:
     """The finetune stage's tagger part: see tasks/finetune.py `SentenceTraining`."""
 
-    columns = ["tokens", "tags"]
     head = TOKENS
+    columns = TOKENS.columns
 
     def starting_point(self, champion_dir, train_rows: pd.DataFrame, params: Params):
         """(tagger, champion's buffer or None, entity types new to it)."""
