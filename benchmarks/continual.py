@@ -56,8 +56,8 @@ def _now() -> str:
 def machine(threads: int | None = None) -> dict:
     import torch
 
-    from tasks.config import TrainConfig
-    from tasks.trainloop import pick_device
+    from tasks.core.config import TrainConfig
+    from tasks.train.trainloop import pick_device
 
     info = {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": threads or torch.get_num_threads(), "cuda": torch.cuda.is_available(),
@@ -230,7 +230,7 @@ def run_stream(stream: str, batches: list[Batch], *, scale: str, params_path: Pa
 
 
 def load_epochs(params_path: Path, overrides: dict) -> int:
-    from tasks.config import load_params
+    from tasks.core.config import load_params
 
     return load_params(params_path, overrides).train.epochs
 

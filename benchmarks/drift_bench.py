@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from flows.stream import clinc150_domains, clinc150_frame
-from tasks.config import DriftConfig
+from tasks.core.config import DriftConfig
 
 OUT = Path(__file__).resolve().parent / "results" / "drift_scaling.json"
 
@@ -45,9 +45,9 @@ def main() -> None:
     started = time.perf_counter()
     import torch
 
-    from tasks.drift import detect_drift
-    from tasks.embed_drift import Champion
-    from tasks.model import load_base
+    from tasks.drift.detect import detect_drift
+    from tasks.drift.embed_drift import Champion
+    from tasks.train.model import load_base
 
     import evidently  # noqa: F401  (imported once here so no size pays for it)
 

@@ -4,7 +4,7 @@ often it ships a real drop, by slice size and number of slices, with the shipped
     python -m benchmarks.gate_oc                    # ~5 min on 2 cores
     python -m benchmarks.gate_oc --sims 200         # quicker, wider intervals
 
-Each simulated decision runs the shipped `tasks.gate.decide` on paired per-row outcomes
+Each simulated decision runs the shipped `tasks.judge.gate.decide` on paired per-row outcomes
 of k old slices of n held-out rows (plus a learned new batch), drawn from a known truth:
 
 - every row has a true answer (right with probability 0.9); each model version answers
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.config import GateConfig, load_params
+from tasks.core.config import GateConfig, load_params
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -58,7 +58,7 @@ def _version(truth: np.ndarray, churn: float, rng: np.random.Generator, drop: np
 
 def simulate(cfg: GateConfig, n: int, k: int, churn: float, scenario: str, sims: int, seed: int) -> dict:
     """Share of `sims` decisions that promote, and how often the dropped slice was low power."""
-    from tasks.gate import decide
+    from tasks.judge.gate import decide
 
     rng = np.random.default_rng(seed)
     slices = np.repeat([f"s{i}" for i in range(k)], n)

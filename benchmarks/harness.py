@@ -1,9 +1,9 @@
 """Run one strategy over a stream through Ratchet's real stage functions.
 
 For every batch, exactly what the retrain flow does between drift and promote:
-`tasks.finetune.train_candidate` from the current production model (its stored replay
-buffer included), `tasks.evaluate.evaluate` of candidate and champion on the exam (the
-held-out rows of every accepted batch plus the new one), `tasks.gate.decide`, and either
+`tasks.train.finetune.train_candidate` from the current production model (its stored replay
+buffer included), `tasks.judge.evaluate.evaluate` of candidate and champion on the exam (the
+held-out rows of every accepted batch plus the new one), `tasks.judge.gate.decide`, and either
 the candidate becomes production or it is discarded. Registry, validation and drift are
 left out here (their cost is measured by benchmarks/overhead.py).
 
@@ -30,11 +30,11 @@ import torch
 
 from benchmarks.metrics import stream_scores
 from benchmarks.streams import Batch
-from tasks.config import Params, attempt_params
-from tasks.evaluate import evaluate, predict, sheets
-from tasks.finetune import train_candidate
-from tasks.gate import decide
-from tasks.model import Classifier, count_truncated, load_classifier
+from tasks.core.config import Params, attempt_params
+from tasks.judge.evaluate import evaluate, predict, sheets
+from tasks.train.finetune import train_candidate
+from tasks.judge.gate import decide
+from tasks.train.model import Classifier, count_truncated, load_classifier
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Answers:
         self.ev = {"batch_size": params.evaluate.batch_size, "max_length": params.model.max_length}
 
     def evaluate(self, path: str, clf: Classifier, batches: list[Batch], new_name: str | list[str]) -> dict:
-        """`tasks.evaluate.evaluate` on the exam of `batches`, predicting only what is new."""
+        """`tasks.judge.evaluate.evaluate` on the exam of `batches`, predicting only what is new."""
         known = self.by_model.setdefault(path, {})
         for b in batches:
             if b.name not in known:

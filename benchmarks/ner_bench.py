@@ -79,7 +79,7 @@ def _evaluate(path: str, test: pd.DataFrame, types: set[str], params) -> dict:
 
 
 def run_joint(train: pd.DataFrame, test: pd.DataFrame, params, work: Path) -> dict:
-    from tasks.finetune import train_candidate
+    from tasks.train.finetune import train_candidate
     from tasks.ner.train import TAGGERS
 
     rows = train.assign(slice="joint", batch_id="joint")
@@ -92,7 +92,7 @@ def run_stream(train: pd.DataFrame, test: pd.DataFrame, params, work: Path, seed
                progress=lambda stages: None) -> dict:
     """Stage k: its third of the sentences, tagged with the types arrived so far.
     `progress(stages)` after each stage, so a run cut short keeps what it measured."""
-    from tasks.finetune import train_candidate
+    from tasks.train.finetune import train_candidate
     from tasks.ner.train import TAGGERS
 
     thirds = np.array_split(np.random.default_rng(seed).permutation(len(train)), len(STAGES))
@@ -147,7 +147,7 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> Path | None:
     import yaml
 
-    from tasks.config import load_params
+    from tasks.core.config import load_params
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if not (args.data / "train.txt").exists():

@@ -71,10 +71,10 @@ def flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
 def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
     from flows.retrain import retrain
     from flows.stream import write_clinc150_batches
-    from tasks.config import load_params
-    from tasks.finetune import train_candidate
-    from tasks.intake import parse_bytes, split_batch
-    from tasks.registry import Registry
+    from tasks.core.config import load_params
+    from tasks.train.finetune import train_candidate
+    from tasks.intake.batch import parse_bytes, split_batch
+    from tasks.registry.store import Registry
 
     ws = workdir / "ws"
     ws.mkdir()
@@ -132,10 +132,10 @@ def synthetic_batch(rows: int, seed: int = 0) -> pd.DataFrame:
 
 
 def stage_timings(sizes: list[int], params_path: Path, workdir: Path) -> list[dict]:
-    from tasks.config import load_params
-    from tasks.drift import drift_task
-    from tasks.intake import parse_bytes, split_batch
-    from tasks.validate import validate_task
+    from tasks.core.config import load_params
+    from tasks.drift.detect import detect_drift
+    from tasks.intake.batch import parse_bytes, split_batch
+    from tasks.validate.checks import validate_frame
 
     params = load_params(params_path)
     reference = synthetic_batch(5_000, seed=1)
@@ -146,9 +146,9 @@ def stage_timings(sizes: list[int], params_path: Path, workdir: Path) -> list[di
         frame = parse_bytes(raw, "batch.csv")
         split = split_batch(frame, "b", params.intake.test_share)
         t1 = time.perf_counter()
-        checked = validate_task.fn(frame, params.validate, None, labels=params.labels)
+        checked = validate_frame(frame, params.validate, None, labels=params.labels)
         t2 = time.perf_counter()
-        drift_task.fn(pd.concat([split.train, split.test], ignore_index=True), reference, params.drift,
+        detect_drift(pd.concat([split.train, split.test], ignore_index=True), reference, params.drift,
                       workdir / f"drift-{n}", params.train.seed)
         t3 = time.perf_counter()
         out.append({"rows": n, "bytes": len(raw), "intake_s": round(t1 - t0, 2), "validate_s": round(t2 - t1, 2),

@@ -1,7 +1,7 @@
 """Which strategies a benchmark runs, as params.yaml overrides of Ratchet's own settings.
 
 A strategy is not new training code: it is a set of dotted overrides (`replay.capacity`,
-`train.distill_weight`, ...) loaded through `tasks.config.load_params`, so a key that the
+`train.distill_weight`, ...) loaded through `tasks.core.config.load_params`, so a key that the
 fine-tuning engine does not have is caught by the same validation the flow uses, and a
 strategy that needs a missing key is skipped with that reason instead of faked.
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ConfigError, Params, TrainConfig, load_params
+from tasks.core.config import ConfigError, Params, TrainConfig, load_params
 
 DISTILL_KEY = "distill_weight"
 DEFAULT_DISTILL = 1.0
@@ -86,7 +86,7 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
         out.append(Strategy("replay+distill", {f"train.{DISTILL_KEY}": weight},
                             note=f"defaults plus distillation on replayed rows (weight {weight:g})"))
     else:
-        skipped["replay+distill"] = f"the fine-tuning engine has no train.{DISTILL_KEY} (tasks/config.py TrainConfig)"
+        skipped["replay+distill"] = f"the fine-tuning engine has no train.{DISTILL_KEY} (tasks/core/config.py TrainConfig)"
     out.append(Strategy("joint", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill}, joint=True,
                         note="one fine-tune from the base model on all training rows"))
     return out, skipped

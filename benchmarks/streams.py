@@ -1,7 +1,7 @@
 """Benchmark streams: real datasets cut into batches that arrive one after another.
 
 Each stream is a list of `Batch`es whose train / dev / held-out rows come from
-`tasks.intake.split_batch`, the same split the retrain flow applies to a delivery.
+`tasks.intake.batch.split_batch`, the same split the retrain flow applies to a delivery.
 
 - `clinc150`: one batch per domain (10 x 15 new intents; `flows.stream.clinc150_frame`).
 - `banking77`: the 77 intents in `categories.json` order cut into label groups
@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from flows.stream import clinc150_domains, clinc150_frame
-from tasks.intake import Split, split_batch
+from tasks.intake.batch import Split, split_batch
 
 REPO = Path(__file__).resolve().parent.parent
 BANKING_DIR = REPO / "datasets" / "banking77"

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.config import LabelsConfig, Params, ValidateConfig
-from tasks.context import _token_counter
-from tasks.contract import Context, normalise
-from tasks.parsing import parse_table
-from tasks.validate import validate_frame
+from tasks.core.config import LabelsConfig, Params, ValidateConfig
+from tasks.validate.context import _token_counter
+from tasks.validate.contract import Context, normalise
+from tasks.intake.parsing import parse_table
+from tasks.validate.checks import validate_frame
 
 WORDS = ("please can you tell me what is the my balance transfer money account card flight book "
          "hotel weather today tomorrow song play music order pizza set alarm timer remind call").split()

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
-from tasks.answers import lineage_answers
-from tasks.config import Params, attempt_params, params_hash
-from tasks.evaluate import load_exam
-from tasks.finetune import finetune_task
-from tasks.gate import flipped_rows, gate_task
-from tasks.intake import Split, load_train
+from flows.steps import evaluate_task, finetune_task, gate_task
+
+from tasks.judge.answers import lineage_answers
+from tasks.core.config import Params, attempt_params, params_hash
+from tasks.judge.evaluate import load_exam
+from tasks.judge.gate import flipped_rows
+from tasks.intake.batch import Split, load_train
 
 
 @dataclass
@@ -123,11 +124,6 @@ def _write_reports(run, judged: Judged, exam: Exam) -> None:
         "truncated_texts": {"max_length": run.params.model.max_length, "train": candidate.train.truncated_texts,
                             "exam": sheets["truncated_texts"]},
     })
-
-
-@task(name="evaluate")
-def evaluate_task(kind, model_dir, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
-    return kind.evaluate(model_dir, exam, new_ids, params)
 
 
 def _flip_summary(decision, path: Path | None) -> dict:

@@ -76,9 +76,9 @@ def retrain(batch: str = typer.Option(..., "--batch", help="Batch file: CSV, JSO
     _quiet_defaults()
     from rich.markup import escape
 
-    from tasks.config import ConfigError
-    from tasks.registry import RegistryError
-    from tasks.storage import is_s3
+    from tasks.core.config import ConfigError
+    from tasks.registry.store import RegistryError
+    from tasks.core.storage import is_s3
 
     if not is_s3(batch) and not Path(batch).exists():
         console.print(f"[red]error:[/] no batch file at {escape(batch)}")
@@ -127,10 +127,10 @@ def drift(path: Path = typer.Argument(..., help="Batch file: CSV, JSONL or Parqu
     _quiet_defaults()
     import datetime as dt
 
-    from tasks.config import ConfigError, load_params
-    from tasks.intake import batch_id_for
+    from tasks.core.config import ConfigError, load_params
+    from tasks.intake.batch import batch_id_for
     from tasks.kinds import get_kind
-    from tasks.workspace import Workspace
+    from tasks.core.workspace import Workspace
 
     if not path.exists():
         console.print(f"[red]error:[/] no batch file at {path}")
@@ -177,10 +177,10 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
     _quiet_defaults()
     from rich.markup import escape
 
-    from tasks.config import ConfigError, load_params
+    from tasks.core.config import ConfigError, load_params
     from tasks.kinds import get_kind
-    from tasks.storage import StorageError, is_s3
-    from tasks.workspace import Workspace
+    from tasks.core.storage import StorageError, is_s3
+    from tasks.core.workspace import Workspace
 
     if not is_s3(path) and not Path(path).is_file():
         console.print(f"[red]error:[/] no batch file at {escape(path)}")
@@ -195,7 +195,7 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
     except StorageError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2)
-    from tasks.intake import is_decided
+    from tasks.intake.batch import is_decided
 
     known = is_decided(batch_id, ws)
     if as_json:
@@ -306,7 +306,7 @@ def watch(workspace: Path = typer.Option(Path("."), help="Repository root to wor
     """One sweep of the landing zone now: every new batch, oldest first, exactly once."""
     _quiet_defaults()
     from flows.deploy import sweep_landing
-    from tasks.landing import LandingBusy
+    from tasks.intake.landing import LandingBusy
 
     try:
         handled = sweep_landing(workspace=str(workspace.resolve()), landing=landing, fan_out=fan_out)
@@ -354,7 +354,7 @@ def models_list(workspace: Path = typer.Option(Path("."))) -> None:
 def _alias_lock(workspace: Path):
     """The flock a retrain run holds from resolving production to promoting: a manual move
     waits for a run in progress on this host instead of being overwritten by it."""
-    from tasks.lock import LockTimeout, file_lock
+    from flows.lock import LockTimeout, file_lock
 
     path = workspace.resolve() / "models" / ".promote.lock"
     try:
@@ -368,7 +368,7 @@ def _alias_lock(workspace: Path):
 
 
 def _registry(workspace: Path):
-    from tasks.registry import Registry
+    from tasks.registry.store import Registry
 
     return Registry(workspace.resolve() / "models")
 
@@ -377,7 +377,7 @@ def _registry(workspace: Path):
 def models_promote(version: str, workspace: Path = typer.Option(Path(".")),
                    reason: Optional[str] = typer.Option(None, help="Why; recorded in models/history.jsonl.")) -> None:
     """Point production at VERSION (it must pass its integrity check)."""
-    from tasks.registry import RegistryError
+    from tasks.registry.store import RegistryError
 
     try:
         with _alias_lock(workspace):
@@ -393,7 +393,7 @@ def models_promote(version: str, workspace: Path = typer.Option(Path(".")),
 def rollback(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
              reason: Optional[str] = typer.Option(None, help="Why; recorded in models/history.jsonl.")) -> None:
     """Move production back to the `previous` version (exit 2 when there is none)."""
-    from tasks.registry import RegistryError
+    from tasks.registry.store import RegistryError
 
     reg = _registry(workspace)
     current = reg.resolve("production")
@@ -409,8 +409,8 @@ def rollback(workspace: Path = typer.Option(Path("."), help="Repository root to 
 
 def _mirror(workspace: Path):
     """The S3 mirror params.yaml names (`registry.mirror`), or None."""
-    from tasks.config import ConfigError, load_params
-    from tasks.registry_s3 import Mirror
+    from tasks.core.config import ConfigError, load_params
+    from tasks.registry.registry_s3 import Mirror
 
     try:
         return Mirror.from_config(load_params(workspace.resolve() / "params.yaml").registry)
@@ -425,9 +425,9 @@ def _publish(workspace: Path, version: str | None, reason: str | None) -> None:
     mirror = _mirror(workspace)
     if mirror is None:
         return
-    from tasks.registry import RegistryError
-    from tasks.registry_s3 import publish
-    from tasks.storage import StorageError
+    from tasks.registry.store import RegistryError
+    from tasks.registry.registry_s3 import publish
+    from tasks.core.storage import StorageError
 
     try:
         done = publish(_registry(workspace), mirror, version, reason)
@@ -457,9 +457,9 @@ def models_pull(version: Optional[str] = typer.Argument(None, help="Default: the
                 promote: bool = typer.Option(True, help="Make the pulled version the local production.")) -> None:
     """Restore a version from the S3 mirror into models/, checking every file's SHA-256
     first; a fresh machine runs this, then loads models/production."""
-    from tasks.registry import RegistryError
-    from tasks.registry_s3 import pull
-    from tasks.storage import StorageError
+    from tasks.registry.store import RegistryError
+    from tasks.registry.registry_s3 import pull
+    from tasks.core.storage import StorageError
 
     mirror = _mirror(workspace)
     if mirror is None:
@@ -476,8 +476,8 @@ def models_pull(version: Optional[str] = typer.Argument(None, help="Default: the
 
 def mirror_report(reg, mirror) -> dict:
     """Where the S3 mirror's production is, and whether it matches the local one."""
-    from tasks.registry_s3 import MirrorError
-    from tasks.storage import StorageError
+    from tasks.registry.registry_s3 import MirrorError
+    from tasks.core.storage import StorageError
 
     try:
         remote = mirror.aliases()[0].get("production")
@@ -491,7 +491,7 @@ def mirror_report(reg, mirror) -> dict:
 def status_report(reg) -> dict:
     """Production, its lineage to the first batch, aliases and every version's integrity:
     what an operator needs to know before trusting, or rolling back, production."""
-    from tasks.registry import RegistryError
+    from tasks.registry.store import RegistryError
 
     production = reg.resolve("production")
     integrity = {}
@@ -500,7 +500,7 @@ def status_report(reg) -> dict:
             integrity[version] = reg.verify(version)
         except RegistryError as exc:  # e.g. a half-written directory without metadata.json
             integrity[version] = [str(exc)]
-    from tasks.matrix import summary
+    from tasks.registry.matrix import summary
 
     history = reg.history()
     record = reg.metadata(production).get("accuracy_matrix") if production else None
@@ -513,7 +513,7 @@ def status_report(reg) -> dict:
 def _print_status(report: dict) -> None:
     from rich.markup import escape
 
-    from tasks.matrix import metric_label
+    from tasks.registry.matrix import metric_label
 
     console.print(f"production: [bold]{report['production'] or 'none'}[/]")
     aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(report["aliases"].items()))
@@ -546,8 +546,8 @@ def _print_status(report: dict) -> None:
 
 
 def _print_continual(continual: dict | None) -> None:
-    """The production lineage's accuracy matrix, BWT and forgetting (tasks/matrix.py)."""
-    from tasks.matrix import metric_label
+    """The production lineage's accuracy matrix, BWT and forgetting (tasks/registry/matrix.py)."""
+    from tasks.registry.matrix import metric_label
 
     if not continual:
         return
@@ -570,7 +570,7 @@ def _print_continual(continual: dict | None) -> None:
 def status(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
            as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
     """Production, its lineage back to the first batch, aliases, integrity of every version."""
-    from tasks.policy import pending_report
+    from tasks.drift.policy import pending_report
 
     report = status_report(_registry(workspace))
     report["pending"] = pending_report(workspace.resolve() / "data")
@@ -591,9 +591,9 @@ def audit(version: str = typer.Argument(..., help="Registry version to rebuild, 
     """Rebuild VERSION from its recorded git revision, DVC data and params; compare.
     Exit 0 PASS, 3 FAIL (the report names what differs), 2 when it cannot be audited."""
     _quiet_defaults()
-    from tasks.audit import AuditError
-    from tasks.audit_run import audit_version
-    from tasks.registry import RegistryError
+    from tasks.audit.record import AuditError
+    from tasks.audit.audit_run import audit_version
+    from tasks.registry.store import RegistryError
 
     try:
         report = audit_version(workspace, version, _overrides(set_))

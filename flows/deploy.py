@@ -9,7 +9,7 @@
 - `sweep-landing/ratchet-watch`: the same sweep every `ops.watch_interval_seconds`, so a
   dropped file is picked up within a minute.
 
-A sweep claims each new batch id in the workspace's ledger (tasks/landing.py) before its
+A sweep claims each new batch id in the workspace's ledger (tasks/intake/landing.py) before its
 run starts, so every batch is triggered exactly once, across restarts and overlapping
 sweeps. `prefect.yaml` declares the same deployments for work pools (process locally,
 Kubernetes in production); with `fan_out` a sweep starts each batch as its own run of
@@ -24,10 +24,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows.retrain import retrain
-from tasks.config import load_params
-from tasks.landing import Arrival, Ledger, arrivals_task, open_ledger
-from tasks.lock import ensure_limit
-from tasks.workspace import Workspace
+from tasks.core.config import load_params
+from flows.steps import arrivals_task
+from tasks.intake.landing import Arrival, Ledger, open_ledger
+from flows.lock import ensure_limit
+from tasks.core.workspace import Workspace
 
 RETRAIN = "ratchet-retrain"
 NIGHTLY = "ratchet-nightly"

@@ -23,7 +23,7 @@ console = Console()
 def pending_list(workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
                  as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout.")) -> None:
     """Pending batches: id, why, since when, attempts so far."""
-    from tasks.policy import pending_history, pending_report
+    from tasks.drift.policy import pending_history, pending_report
 
     data = workspace.resolve() / "data"
     report = {"pending": pending_report(data), "history": pending_history(data)}
@@ -43,8 +43,8 @@ def pending_drop(batch_id: str = typer.Argument(..., help="The pending batch id 
                  reason: str = typer.Option(..., "--reason", help="Why; recorded in the pending history."),
                  workspace: Path = typer.Option(Path("."), help="Repository root to work in.")) -> None:
     """Stop carrying a pending batch into retrains (exit 2 when it is not pending)."""
-    from tasks.lock import file_lock
-    from tasks.policy import drop_pending
+    from flows.lock import file_lock
+    from tasks.drift.policy import drop_pending
 
     root = workspace.resolve()
     try:  # the lock a retrain run holds while it reads and settles the pending list

@@ -18,24 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
 from flows.attempts import train_and_judge
-from tasks.answers import write_answers
-from tasks.audit import record_data, record_promotion_task, version_metadata
-from tasks.config import Params, load_params
-from tasks.intake import Intake, Split, batch_id_of, intake_task, is_known, load_train, mark_decided
+from flows.steps import (drift_task, intake_task, promote_task, publish_task, record_promotion_task, split_task,
+                         validate_task)
+from tasks.judge.answers import write_answers
+from tasks.audit.record import promotion_metadata, record_data
+from tasks.core.config import Params, load_params
+from tasks.intake.batch import Intake, Split, batch_id_of, is_known, load_train, mark_decided
 from tasks.kinds import TaskKind, get_kind
-from tasks.lock import promotion_lock
-from tasks.matrix import extend
-from tasks.notify import publish
-from tasks.policy import add_pending, clear_pending, decide, load_pending
-from tasks.quarantine import quarantine_batch, quarantine_rows
-from tasks.registry import Registry, RegistryError, promote_task
-from tasks.registry_s3 import Mirror, publish_task
-from tasks.storage import StorageError
-from tasks.validate import too_large
-from tasks.workspace import Workspace
+from flows.lock import promotion_lock
+from flows.notify import publish
+from tasks.drift.policy import add_pending, clear_pending, decide, load_pending
+from tasks.validate.quarantine import quarantine_batch, quarantine_rows
+from tasks.registry.store import Registry, RegistryError
+from tasks.registry.registry_s3 import Mirror
+from tasks.core.storage import StorageError
+from tasks.validate.checks import too_large
+from tasks.core.workspace import Workspace
 
 EXIT = {"promoted": 0, "rejected": 3, "quarantined": 4, "skipped": 5}
 
@@ -133,7 +134,7 @@ def _validate_stage(run: Run, got: Intake) -> Outcome | pd.DataFrame:
     exam removed; the counts are in the decision's details.validation.counts."""
     if got.too_large:  # refused from its size; nothing was read
         return _quarantine(run, got, too_large(got.too_large))
-    return _verdict(run, got, run.kind.validate(got, run.ws, run.params, run.reg))
+    return _verdict(run, got, validate_task(run.kind, got, run.ws, run.params, run.reg))
 
 
 def _quarantine(run: Run, got: Intake, checked) -> Outcome:
@@ -159,7 +160,7 @@ def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, forc
     then the retrain policy: a batch it turns down is skipped (exit 5) but kept pending."""
     reference = load_train(lineage, run.ws)
     meta = run.reg.metadata(run.champion) if run.champion else None
-    drift = run.kind.drift(pd.concat([split.train, split.test], ignore_index=True), reference, run.params,
+    drift = drift_task(run.kind, pd.concat([split.train, split.test], ignore_index=True), reference, run.params,
                            run.reg.path(run.champion) if run.champion else None, meta, run.ws.run_dir(run.run_id))
     return _policy_stage(run, drift, batch_id, force, waiting + len(split.train), meta)
 
@@ -182,15 +183,11 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
     """Register the candidate as a new immutable version (with the lineage's accuracy
     matrix grown by one row), move production to it, then mirror it when configured."""
     write_answers(candidate.path, cand_sheets)  # sealed with the version: the next gate's floor
-    metadata = version_metadata(  # the promoted attempt's params: an audit replays exactly those
-        params or run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
-        metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
-        run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws)) | {"task": run.kind.name, "metric": run.kind.metric}
-    parent = run.reg.metadata(run.champion) if run.champion else {}
-    metadata["accuracy_matrix"] = extend(  # the task's score of each version on each batch (tasks/matrix.py)
-        parent.get("accuracy_matrix"), parent_version=run.champion, batch_id=batch_id,
-        batch_ids=metadata["batch_ids"], candidate=cand_sheets["all"],
-        champion=run.details.get("champion_scores") if run.champion else None, metric=run.kind.metric)
+    metadata = promotion_metadata(  # the promoted attempt's params: an audit replays exactly those
+        params or run.params, run.kind, parent_meta=run.reg.metadata(run.champion) if run.champion else {},
+        champion_scores=run.details.get("champion_scores"), parent=run.champion, lineage=lineage,
+        batch_id=batch_id, source=run.source, metrics=cand_sheets["all"], gate=decision.to_dict(),
+        train=candidate.train.to_dict(), run_id=run.run_id, root=run.ws.root, data_hash=record_data(run.ws))
     version = promote_task(run.reg, Path(candidate.path), metadata, works=run.kind.works)
     run.details["audit"] = record_promotion_task(run.ws, run.params, run.reg, version)  # DVC, git tags, push
     mirror = Mirror.from_config(run.params.registry)
@@ -258,12 +255,6 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
         finally:
             for path in judged.scratch:
                 shutil.rmtree(path, ignore_errors=True)
-
-
-@task(name="split")
-def split_task(kind: TaskKind, frame: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
-               lineage: list[str]) -> tuple[Split, dict | None]:
-    return kind.split(frame, batch_id, test_share, ws, lineage)
 
 
 def _settle(run: Run, judged, batch_id: str, lineage: list[str]) -> dict:

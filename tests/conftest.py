@@ -130,7 +130,7 @@ def s3_bucket(s3_server, request) -> str:
     import re
     import uuid
 
-    from tasks.storage import s3_client
+    from tasks.core.storage import s3_client
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
     s3_client().create_bucket(Bucket=name)

@@ -12,12 +12,12 @@ from dvc.repo import Repo
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.audit import (audit_frames, git, next_stage_tag, record_data, record_promotion, semver,
+from tasks.audit.record import (audit_frames, git, next_stage_tag, record_data, record_promotion, semver,
                          version_metadata, version_tag)
-from tasks.audit_run import AuditReport, Difference, compare_values, materialise, replay_params
-from tasks.config import params_from_dict
-from tasks.registry import Registry
-from tasks.workspace import Workspace
+from tasks.audit.audit_run import AuditReport, Difference, compare_values, materialise, replay_params
+from tasks.core.config import params_from_dict
+from tasks.registry.store import Registry
+from tasks.core.workspace import Workspace
 
 
 def _metrics(acc: dict[str, float]) -> dict:

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.retrain import retrain
-from tasks.registry import Registry
-from tasks.storage import s3_client
+from tasks.registry.store import Registry
+from tasks.core.storage import s3_client
 
 pytestmark = pytest.mark.slow  # two tiny trainings in-process plus two `dvc repro` rebuilds (~2-3 min)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from flows.retrain import retrain
-from tasks.registry import Registry
+from tasks.registry.store import Registry
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:

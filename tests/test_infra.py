@@ -8,7 +8,7 @@ import re
 import yaml
 
 from flows.deploy import NIGHTLY, RETRAIN, WATCH
-from tasks.config import load_params
+from tasks.core.config import load_params
 
 
 def _prefect_yaml(repo) -> dict:

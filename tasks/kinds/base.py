@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from tasks.config import GateConfig, Params
-from tasks.intake import Intake, Split
-from tasks.validate import ValidationResult
-from tasks.workspace import Workspace
+from tasks.core.config import GateConfig, Params
+from tasks.intake.batch import Intake, Split
+from tasks.validate.checks import ValidationResult
+from tasks.core.workspace import Workspace
 
 
 class TaskKind(Protocol):
@@ -37,8 +37,8 @@ class TaskKind(Protocol):
 
     def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
               lineage: list[str]) -> tuple[Split, dict | None]:
-        """train / dev / held-out rows, stored (held-out rows join the exam); leaks removed
-        here when validation did not (their counts, or None)."""
+        """train / dev / held-out rows (the flow stores them: held-out rows join the exam);
+        leaks removed here when validation did not (their counts, or None). Writes nothing."""
 
     def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,
               metadata: dict | None, out_dir: Path):
@@ -49,7 +49,7 @@ class TaskKind(Protocol):
         (per-row outcomes: the statistic's columns, correct, pred, slice, key, is_new)."""
 
     def statistic(self, cfg: GateConfig):
-        """What the gate tests (tasks/gate_stats.py Accuracy, EntityF1)."""
+        """What the gate tests (tasks/judge/gate_stats.py Accuracy, EntityF1)."""
 
     def describe(self, exam: pd.DataFrame) -> tuple[list[str], list[str]]:
         """(text, gold answer) per exam row, as flips.csv shows them."""

@@ -13,20 +13,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.config import GateConfig, Params
-from tasks.context import PRODUCTION, load_context
-from tasks.drift import check_file as drift_check_file
-from tasks.drift import detect_drift
-from tasks.embed_drift import load_champion
-from tasks.evaluate import evaluate
-from tasks.finetune import SENTENCES
-from tasks.gate_stats import Accuracy
-from tasks.intake import Intake, Split, split_batch, store_split
+from tasks.core.config import GateConfig, Params
+from tasks.validate.context import PRODUCTION, load_context
+from tasks.drift.detect import check_file as drift_check_file
+from tasks.drift.detect import detect_drift
+from tasks.drift.embed_drift import load_champion
+from tasks.judge.evaluate import evaluate
+from tasks.train.finetune import SENTENCES
+from tasks.judge.gate_stats import Accuracy
+from tasks.intake.batch import Intake, Split, split_batch
 from tasks.kinds.base import register
-from tasks.model import load_classifier
-from tasks.registry import classifier_works
-from tasks.validate import ValidationResult, check_file, validate_frame
-from tasks.workspace import Workspace
+from tasks.train.model import load_classifier
+from tasks.validate.checks import ValidationResult, check_file, validate_frame
+from tasks.core.workspace import Workspace
+
+
+def classifier_works(path: Path) -> str | None:
+    """Load a stored sentence classifier and predict once; None when it works, else what it is."""
+    clf = load_classifier(path)
+    probe = clf.tokenizer(["ratchet smoke test"], return_tensors="pt")
+    return None if clf.model(**probe).logits.shape[-1] == len(clf.labels) else "a working classifier"
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,7 @@ class Classification:
 
     def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
               lineage: list[str]) -> tuple[Split, dict | None]:
-        split = split_batch(rows, batch_id, test_share)
-        store_split(split, batch_id, ws)
-        return split, None  # leaks were removed by validation
+        return split_batch(rows, batch_id, test_share), None  # leaks were removed by validation
 
     def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,
               metadata: dict | None, out_dir: Path):

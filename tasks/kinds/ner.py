@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.config import GateConfig, Params
-from tasks.context import PRODUCTION
-from tasks.gate_stats import EntityF1
-from tasks.intake import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, load_train, store_split
+from tasks.core.config import GateConfig, Params
+from tasks.validate.context import PRODUCTION
+from tasks.judge.gate_stats import EntityF1
+from tasks.intake.batch import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, load_train
 from tasks.kinds.base import register
 from tasks.ner.conll import parse_ner_bytes
 from tasks.ner.drift import detect_ner_drift
@@ -26,11 +26,11 @@ from tasks.ner.evaluate import batch_types, evaluate_tagger
 from tasks.ner.model import load_tagger
 from tasks.ner.train import NER_COLUMNS, TAGGERS
 from tasks.ner.validate import check_file, types_of_version, validate_ner
-from tasks.evaluate import load_exam
-from tasks.policy import load_pending
-from tasks.registry import Registry
-from tasks.validate import ValidationResult
-from tasks.workspace import Workspace
+from tasks.judge.evaluate import load_exam
+from tasks.drift.policy import load_pending
+from tasks.registry.store import Registry
+from tasks.validate.checks import ValidationResult
+from tasks.core.workspace import Workspace
 
 
 def _sentence_keys(frame: pd.DataFrame | None) -> pd.Series:
@@ -86,14 +86,13 @@ class Ner:
     def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
               lineage: list[str]) -> tuple[Split, dict | None]:
         """The `split` column, else a stable hash of the sentence (repeated sentences stay
-        on one side); leaks against the lineage removed; stored like any batch."""
+        on one side); leaks against the lineage removed."""
         df = rows.reset_index(drop=True).copy()
         split = assign_split(df.assign(text=[" ".join(t) for t in df["tokens"]]), test_share)
         df["slice"] = df["slice"].astype(str) if "slice" in df.columns else batch_id
         df["batch_id"] = batch_id
         parts, leaks = remove_leaks(Split(*(df.loc[split.isin(names), NER_COLUMNS].reset_index(drop=True)
                                             for names in (TRAIN_NAMES, DEV_NAMES, TEST_NAMES))), ws, lineage)
-        store_split(parts, batch_id, ws, task="ner", leakage=leaks)
         return parts, leaks
 
     def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,

@@ -1,19 +1,19 @@
 """Drift of a NER batch against the sentences behind production (`task.type: ner`).
 
 Signals, one row per sentence, tested by Evidently exactly as the classification path
-tests its columns (tasks/column_drift.py): the sentence's entity types (categorical,
+tests its columns (tasks/drift/column_drift.py): the sentence's entity types (categorical,
 "LOC+PER" or "O"), tokens per sentence, tokenizer coverage under production's tokenizer
 (share of [UNK] pieces, sub-words per word) and the text itself. Beside them: the
 entity-type distribution over mentions (Jensen-Shannon distance of the type shares;
 entity types never seen before fire on their own) and embedding drift of production's
-mean-pooled last layer (Evidently's embedding methods, tasks/embed_drift.py).
+mean-pooled last layer (Evidently's embedding methods, tasks/drift/embed_drift.py).
 The batch counts as drifted on new types, drifted embeddings, a type-share distance of
 0.1 or more, or at least `drift.drift_share` of the column tests.
 
 Quality: production tags up to `drift.max_embed_rows` of the batch's sentences; when its
 entity micro F1 there (over the types it knows) is more than `drift.max_quality_drop`
 below the F1 recorded on its own exam at promotion, `quality_dropped` is set and the
-retrain policy (tasks/policy.py) treats it as the classification path's quality drop.
+retrain policy (tasks/drift/policy.py) treats it as the classification path's quality drop.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.column_drift import ColumnDrift, column_drifts
-from tasks.config import DriftConfig
-from tasks.drift import sample_rows
-from tasks.embed_drift import EmbeddingDrift, coverage, embedding_drift
-from tasks.model import Classifier
+from tasks.drift.column_drift import ColumnDrift, column_drifts
+from tasks.core.config import DriftConfig
+from tasks.drift.detect import sample_rows
+from tasks.drift.embed_drift import EmbeddingDrift, coverage, embedding_drift
+from tasks.train.model import Classifier
 from tasks.ner.evaluate import evaluate_tagger
 from tasks.ner.tags import spans, types_of
 

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.evaluate import row_keys
-from tasks.model import Classifier
+from tasks.judge.evaluate import row_keys
+from tasks.train.model import Classifier
 from tasks.ner.model import encode_words, first_subword_positions
 from tasks.ner.tags import spans, types_of
 
@@ -87,7 +87,7 @@ def _sheet(per: list[dict[str, Counter]], exam: pd.DataFrame) -> dict:
 
 def evaluate_tagger(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str | list[str], *, batch_size: int,
                     max_length: int, annotated: dict[str, set[str]] | None = None) -> dict:
-    """Score sheets as for a classifier (tasks/evaluate.py): "all", "old" (None when the
+    """Score sheets as for a classifier (tasks/judge/evaluate.py): "all", "old" (None when the
     exam had no old rows), "new" (each {"overall", "slices", "batches"}), and "rows": per
     sentence tp/fp/fn (the types its batch annotates), correct (1 when every entity was
     found exactly and nothing else), the predicted tags, slice, key and is_new, for the

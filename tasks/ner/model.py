@@ -3,7 +3,7 @@
 The same base encoders as the classification path (packaged MiniLM, the tiny 2-layer
 BERT for tests, or a `save_pretrained` directory) with `AutoModelForTokenClassification`
 on top. Labels are IOB2 tags; a new entity type adds its `B-`/`I-` rows to the head
-with the old rows copied exactly (`tasks.model.grow_head`), so old tags keep their ids.
+with the old rows copied exactly (`tasks.train.model.grow_head`), so old tags keep their ids.
 Words are split into sub-words by the tokenizer; each word's tag goes on its first
 sub-word and the rest get -100, which the loss ignores (the BERT paper's NER recipe),
 and a word's prediction is read from its first sub-word.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import AutoModelForTokenClassification, AutoTokenizer, BertForTokenClassification
 
-from tasks.model import Classifier, grow_head, load_base
+from tasks.train.model import Classifier, grow_head, load_base
 from tasks.ner.tags import labels_for, types_of
 
 IGNORE = -100

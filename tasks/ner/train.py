@@ -1,6 +1,6 @@
 """What the one training loop needs to know about a tagger (`task.type: ner`).
 
-The finetune stage (tasks/finetune.py `train_candidate`) and its loop (tasks/trainloop.py:
+The finetune stage (tasks/train/finetune.py `train_candidate`) and its loop (tasks/train/trainloop.py:
 length-bucketed batches, AdamW with warm-up/decay, checkpoints and resume, early stopping
 on dev loss, distillation, frozen lower layers, reuse of a finished candidate) are the
 same for every task type. A tagger differs only in what is here:
@@ -22,13 +22,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from tasks.config import Params
-from tasks.distill import distill_loss
-from tasks.model import Classifier
+from tasks.core.config import Params
+from tasks.train.distill import distill_loss
+from tasks.train.model import Classifier
 from tasks.ner.model import IGNORE, align_labels, encode_words, grow_types, load_base_tagger, load_tagger
 from tasks.ner.tags import labels_for, types_of
-from tasks.replay import COLUMNS, ReplayBuffer
-from tasks.trainloop import pick_device
+from tasks.train.replay import COLUMNS, ReplayBuffer
+from tasks.train.trainloop import pick_device
 
 NER_COLUMNS = ["tokens", "tags", "slice", "batch_id"]
 
@@ -49,7 +49,7 @@ def from_buffer_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 class TokenLabels:
-    """The loop's view of a tagger: see tasks/trainloop.py `SequenceLabels` for the methods."""
+    """The loop's view of a tagger: see tasks/train/trainloop.py `SequenceLabels` for the methods."""
 
     columns = ["tokens", "tags"]
 
@@ -101,7 +101,7 @@ TOKENS = TokenLabels()
 
 
 class TaggerTraining:
-    """The finetune stage's tagger part: see tasks/finetune.py `SentenceTraining`."""
+    """The finetune stage's tagger part: see tasks/train/finetune.py `SentenceTraining`."""
 
     head = TOKENS
     columns = TOKENS.columns

@@ -19,13 +19,13 @@ from collections import Counter, defaultdict
 
 import pandas as pd
 
-from tasks.config import NerConfig, ValidateConfig
-from tasks.intake import batch_id_for, source_name
+from tasks.core.config import NerConfig, ValidateConfig
+from tasks.intake.batch import batch_id_for, source_name
 from tasks.ner.conll import parse_ner_bytes
 from tasks.ner.tags import iob2_errors, spans, types_of
-from tasks.registry import Registry
-from tasks.storage import read_bytes
-from tasks.validate import MAX_EXAMPLES, Failure, ValidationResult
+from tasks.registry.store import Registry
+from tasks.core.storage import read_bytes
+from tasks.validate.checks import MAX_EXAMPLES, Failure, ValidationResult
 
 
 def _is_str_list(value) -> bool:

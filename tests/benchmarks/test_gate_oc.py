@@ -4,7 +4,7 @@ paired outcomes; here with few simulations, to prove the plumbing and the extrem
 from __future__ import annotations
 
 from benchmarks.gate_oc import markdown, run, simulate, targets
-from tasks.config import GateConfig
+from tasks.core.config import GateConfig
 
 CFG = GateConfig()
 

@@ -51,7 +51,7 @@ def test_models_list_and_rollback(workspace, toy, tmp_path, prefect_server):
     assert "v0002" in listed.output and "production" in listed.output
     rolled = runner.invoke(app, ["models", "promote", "v0001", "--workspace", str(workspace)])
     assert rolled.exit_code == 0
-    from tasks.registry import Registry
+    from tasks.registry.store import Registry
 
     assert Registry(workspace / "models").resolve("production") == "v0001"
     assert runner.invoke(app, ["models", "promote", "v0009", "--workspace", str(workspace)]).exit_code == 2
@@ -61,7 +61,7 @@ def test_models_list_and_rollback(workspace, toy, tmp_path, prefect_server):
 
 def registry_with(tmp_path, n: int):
     """A workspace whose registry holds `n` chained versions, the last one production."""
-    from tasks.registry import Registry
+    from tasks.registry.store import Registry
 
     ws = tmp_path / "ws"
     reg = Registry(ws / "models")
@@ -181,7 +181,7 @@ def test_push_status_rollback_and_pull_through_the_mirror(tmp_path, s3_bucket):
     with_mirror(fresh, s3_bucket)
     pulled = runner.invoke(app, ["models", "pull", "--workspace", str(fresh)])
     assert pulled.exit_code == 0 and "pulled v0001" in pulled.output, pulled.output
-    from tasks.registry import Registry
+    from tasks.registry.store import Registry
 
     assert Registry(fresh / "models").resolve("production") == "v0001"
     assert runner.invoke(app, ["models", "pull", "v0007", "--workspace", str(fresh)]).exit_code == 1
@@ -208,8 +208,8 @@ def test_a_failing_mirror_fails_the_promote_loudly(tmp_path, s3_server):
 def test_status_shows_the_accuracy_matrix_bwt_and_forgetting(tmp_path):
     import json
 
-    from tasks.matrix import extend, stamp
-    from tasks.registry import Registry
+    from tasks.registry.matrix import extend, stamp
+    from tasks.registry.store import Registry
 
     reg = Registry(tmp_path / "ws" / "models")
     sheets = [({"b1": 0.9}, None), ({"b1": 0.8, "b2": 0.95}, {"b1": 0.9, "b2": 0.1})]

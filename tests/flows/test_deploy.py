@@ -9,10 +9,10 @@ import threading
 import pytest
 
 from flows.deploy import NIGHTLY, RETRAIN, WATCH, deployments, sweep_landing
-from tasks.landing import ledger_path
-from tasks.lock import LockTimeout, file_lock, promotion_lock
-from tasks.registry import Registry
-from tasks.workspace import Workspace
+from tasks.intake.landing import ledger_path
+from flows.lock import LockTimeout, file_lock, promotion_lock
+from tasks.registry.store import Registry
+from tasks.core.workspace import Workspace
 
 
 def _land(workspace, name, labels, seed, mtime):
@@ -92,7 +92,7 @@ def test_fan_out_starts_one_deployment_run_per_batch_exactly_once(workspace, pre
     from prefect import get_client
 
     from flows.deploy import _trigger
-    from tasks.landing import arrivals
+    from tasks.intake.landing import arrivals
 
     (workspace / "params.yaml").write_text((workspace / "params.yaml").read_text() + "ops: {watch_interval_seconds: 0}\n")
     name = f"{RETRAIN}-{workspace.parent.name}"[:60]

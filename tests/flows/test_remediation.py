@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.retrain import retrain
-from tasks.policy import load_pending, pending_report
-from tasks.registry import Registry
+from tasks.drift.policy import load_pending, pending_report
+from tasks.registry.store import Registry
 
 # no replay at first: the tiny model forgets slice A completely while learning B
 FORGETS = {"replay.ratio": 0.0, "retrain.when": "always"}
@@ -59,7 +59,7 @@ def test_a_forgetting_candidate_is_rejected_then_promoted_by_a_stronger_attempt(
     # the promoted version keeps its exam answers for the next gate's floor (sealed in its manifest)
     reg = Registry(ws / "models")
     assert "exam_answers.parquet" in reg.metadata("v0002")["files"] and reg.verify("v0002") == []
-    from tasks.workspace import Workspace
+    from tasks.core.workspace import Workspace
 
     scratch = Workspace.at(ws).scratch_dir  # every attempt's candidate is cleaned up once the run settles
     assert not [p for p in scratch.glob("*") if not p.name.endswith(".run")] if scratch.exists() else True
@@ -94,7 +94,7 @@ def test_an_unfixable_candidate_leaves_the_batch_pending_and_the_next_delivery_c
 
 
 def test_pending_drop_removes_a_batch_on_purpose_and_records_why(tmp_path):
-    from tasks.policy import add_pending, pending_history
+    from tasks.drift.policy import add_pending, pending_history
 
     data = tmp_path / "data"
     add_pending(data, "b-1", why="rejected by the gate after 3 attempt(s): …", attempts=3)
@@ -114,7 +114,7 @@ def test_pending_drop_removes_a_batch_on_purpose_and_records_why(tmp_path):
 def test_a_kill_between_attempts_resumes_without_retraining_finished_attempts(
         tmp_path, batches, prefect_server, one_torch_thread, monkeypatch):
     import flows.attempts as attempts
-    import tasks.finetune as finetune
+    import tasks.train.finetune as finetune
 
     ws = _workspace(tmp_path, LADDER_THAT_HELPS)
     assert retrain(batch=str(batches["a"]), workspace=str(ws))["status"] == "promoted"
@@ -144,7 +144,7 @@ def test_a_run_killed_between_the_promotion_and_clearing_pending_leaves_nothing_
     """Found by the soak drill: the rerun of such a run is skipped ("already in production")
     and must still clear the batches that version learned, and its leftover candidates."""
     import flows.retrain as flow
-    from tasks.workspace import Workspace
+    from tasks.core.workspace import Workspace
 
     ws = _workspace(tmp_path, "remediation: {max_attempts: 1}\n")
     assert retrain(batch=str(batches["a"]), workspace=str(ws))["status"] == "promoted"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.retrain import retrain
-from tasks.registry import Registry
+from tasks.registry.store import Registry
 
 
 MIRROR = "s3://retrain-flow-mirror/registry"
@@ -19,7 +19,7 @@ MIRROR = "s3://retrain-flow-mirror/registry"
 def promoted(tmp_path_factory, prefect_server, s3_server):
     """A workspace after two toy batches went through the flow, mirrored to S3 (moto)."""
     from conftest import TINY_PARAMS, toy_frame
-    from tasks.storage import s3_client
+    from tasks.core.storage import s3_client
 
     root = tmp_path_factory.mktemp("flow")
     ws = root / "ws"
@@ -106,8 +106,8 @@ def test_missing_label_column_is_quarantined_byte_for_byte(promoted, tmp_path):
 
 
 def test_accuracy_matrix_per_label_scores_and_mirror_after_two_promotions(promoted, tmp_path):
-    from tasks.matrix import summary
-    from tasks.registry_s3 import Mirror, pull
+    from tasks.registry.matrix import summary
+    from tasks.registry.registry_s3 import Mirror, pull
 
     ws, _, outcomes = promoted
     reg = Registry(ws / "models")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.retrain import retrain
 from tasks.ner.conll import to_jsonl, write_conll
-from tasks.registry import Registry
+from tasks.registry.store import Registry
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,13 +49,13 @@ def test_two_ner_batches_promoted_with_growth_and_replay(ner_run):
     assert record["metric"] == "f1" and [r["version"] for r in record["rows"]] == ["v0001", "v0002"]
     assert record["accuracy"][0][1] is not None and record["accuracy"][1][1] == meta["metrics"]["batches"][
         record["batches"][1]]["f1"]
-    from tasks.matrix import summary
+    from tasks.registry.matrix import summary
 
     assert summary(record)["bwt"] is not None
     second = outcomes[1]["details"]
     assert second["new_labels"] == ["ORG"] and second["train"]["replay_rows"] > 0
     assert "new_types" in second["drift"]["signals"]
-    from tasks.registry import lineage_entry  # F1 in the lineage `ratchet status` and the card show
+    from tasks.registry.store import lineage_entry  # F1 in the lineage `ratchet status` and the card show
     entry = lineage_entry(reg.metadata("v0002"))
     assert entry["metric"] == "f1" and entry["score"] is not None
     assert [c["kind"] for c in second["gate"]["checks"]] == ["old_slice", "old_overall", "floor", "flips", "new_batch"]
@@ -140,7 +140,7 @@ def test_cli_validate_and_drift_read_ner_batches(ner_run):
 def test_split_removes_leaks_against_earlier_batches(ner_run, tmp_path):
     from conftest import toy_ner_frame
     from tasks.kinds import NER
-    from tasks.workspace import Workspace
+    from tasks.core.workspace import Workspace
 
     ws, _, outcomes = ner_run
     ws = Workspace.at(ws)

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.retrain import retrain
 from tasks.ner.conll import to_jsonl
-from tasks.policy import load_pending
-from tasks.registry import Registry
+from tasks.drift.policy import load_pending
+from tasks.registry.store import Registry
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from flows.retrain import retrain
-from tasks.registry import Registry
+from tasks.registry.store import Registry
 
 
 @pytest.fixture(scope="module")

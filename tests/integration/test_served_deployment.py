@@ -27,7 +27,7 @@ import pytest
 from conftest import REPO, TINY_PARAMS, toy_frame
 from webhook_receiver import Hook
 
-from tasks.registry import Registry
+from tasks.registry.store import Registry
 
 STARTUP_SECONDS = 300  # a loaded shared CI box can take minutes to start a server
 RUN_SECONDS = 600

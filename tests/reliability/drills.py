@@ -21,11 +21,11 @@ def make_production(root: Path, params: str) -> tuple[Path, str]:
     untrained: cheap, and still a real, loadable, checksummed version) registered with
     one accepted batch A, whose held-out rows are the exam. Returns (workspace, batch A id)."""
     from conftest import toy_frame
-    from tasks.intake import intake, split_batch, store_split
-    from tasks.model import load_base, save_classifier
-    from tasks.registry import Registry
-    from tasks.replay import new_buffer
-    from tasks.workspace import Workspace
+    from tasks.intake.batch import intake, split_batch, store_split
+    from tasks.train.model import load_base, save_classifier
+    from tasks.registry.store import Registry
+    from tasks.train.replay import new_buffer
+    from tasks.core.workspace import Workspace
 
     ws_path = root / "ws"
     ws_path.mkdir(parents=True)
@@ -70,7 +70,7 @@ def registry_is_consistent(models: Path) -> str:
     """Check the registry invariants a crash must never break; returns production.
     Every alias names a complete version whose files match their recorded checksums, and
     no half-written version is listed."""
-    from tasks.registry import Registry
+    from tasks.registry.store import Registry
 
     reg = Registry(models)
     production = reg.resolve("production")

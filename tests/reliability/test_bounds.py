@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import tasks.intake
-import tasks.storage
+import tasks.intake.batch
+import tasks.core.storage
 from drills import make_production, registry_is_consistent
 from flows.cli import app
 
@@ -35,9 +35,9 @@ def forbid_reading(monkeypatch, name: str):
             return real(source, *a, **k)
         return read
 
-    monkeypatch.setattr(tasks.storage, "read_bytes", guard(tasks.storage.read_bytes))
-    monkeypatch.setattr(tasks.intake, "read_bytes", guard(tasks.intake.read_bytes))
-    monkeypatch.setattr(tasks.intake, "parse_table", lambda *a, **k: pytest.fail("an oversized file was parsed"))
+    monkeypatch.setattr(tasks.core.storage, "read_bytes", guard(tasks.core.storage.read_bytes))
+    monkeypatch.setattr(tasks.intake.batch, "read_bytes", guard(tasks.intake.batch.read_bytes))
+    monkeypatch.setattr(tasks.intake.batch, "parse_table", lambda *a, **k: pytest.fail("an oversized file was parsed"))
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def big_csv(path, rows: int = 400):
 
 
 def test_an_oversized_local_batch_is_quarantined_unread(ws, tmp_path, prefect_server, monkeypatch):
-    from tasks.intake import batch_id_of
+    from tasks.intake.batch import batch_id_of
 
     batch = big_csv(tmp_path / "huge_delivery.csv")
     before = ((ws / "models" / "aliases.json").read_bytes(), sorted((ws / "data" / "exam").iterdir()))
@@ -81,7 +81,7 @@ def test_an_oversized_local_batch_is_quarantined_unread(ws, tmp_path, prefect_se
 
 
 def test_an_oversized_s3_batch_is_refused_from_its_head(ws, tmp_path, s3_bucket, monkeypatch):
-    from tasks.storage import put_bytes
+    from tasks.core.storage import put_bytes
 
     data = big_csv(tmp_path / "x.csv").read_bytes()
     uri = f"s3://{s3_bucket}/landing/huge_delivery.csv"

@@ -24,8 +24,8 @@ BATCHES = {"B": ["food", "travel"], "C": ["bank", "sport"], "D": ["health", "car
 
 def test_four_runs_at_once_all_complete_and_no_promotion_is_lost(tmp_path, prefect_api_url):
     from conftest import TINY_PARAMS, toy_frame
-    from tasks.intake import batch_id_for
-    from tasks.registry import Registry
+    from tasks.intake.batch import batch_id_for
+    from tasks.registry.store import Registry
 
     ws, first = make_production(tmp_path, TINY_PARAMS + "ops: {promote_limit: '', lock_timeout_seconds: 600}\n")
     batches = {}

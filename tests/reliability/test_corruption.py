@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from drills import make_production
 from flows.cli import app
-from tasks.registry import Registry, RegistryError
+from tasks.registry.store import Registry, RegistryError
 
 pytestmark = pytest.mark.reliability
 runner = CliRunner()
@@ -38,7 +38,7 @@ def flip_byte(path):
                                            (flip_byte, "hash mismatch: model.safetensors")])
 def test_damaged_production_is_refused_reported_and_rolled_back(tmp_path, prefect_server, damage, words):
     from conftest import TINY_PARAMS, toy_frame
-    from tasks.model import load_classifier
+    from tasks.train.model import load_classifier
 
     ws, _ = make_production(tmp_path, TINY_PARAMS)
     reg = Registry(ws / "models")

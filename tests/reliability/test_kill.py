@@ -57,8 +57,8 @@ def assert_exactly_once(ws, first, batch):
     """The batch is in production once, its exam rows once, one production move for it,
     and running the same command again is a skip (exit 5), not a second training."""
     from flows.retrain import retrain
-    from tasks.intake import batch_id_for
-    from tasks.registry import Registry
+    from tasks.intake.batch import batch_id_for
+    from tasks.registry.store import Registry
 
     reg = Registry(ws / "models")
     bid = batch_id_for(batch.read_bytes())

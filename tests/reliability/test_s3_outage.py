@@ -16,10 +16,10 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-import tasks.registry_s3 as registry_s3
+import tasks.registry.registry_s3 as registry_s3
 from drills import Endpoint, endpoint, make_production, registry_is_consistent  # noqa: F401 (fixture)
-from tasks.registry import Registry
-from tasks.registry_s3 import Mirror, publish, pull
+from tasks.registry.store import Registry
+from tasks.registry.registry_s3 import Mirror, publish, pull
 
 pytestmark = pytest.mark.reliability
 

@@ -67,8 +67,8 @@ def test_planted_credentials_appear_in_no_output(tmp_path, s3_bucket, prefect_se
     from conftest import TINY_PARAMS, toy_frame
     from flows.cli import app
     from flows.retrain import retrain
-    from tasks.registry_s3 import Mirror
-    from tasks.storage import list_objects, put_bytes, read_bytes, s3_client
+    from tasks.registry.registry_s3 import Mirror
+    from tasks.core.storage import list_objects, put_bytes, read_bytes, s3_client
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)  # moto takes any key; these are the ones in use
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)

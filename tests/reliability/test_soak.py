@@ -101,7 +101,7 @@ class Delivery:
 
     @property
     def batch_id(self) -> str:
-        from tasks.intake import batch_id_for
+        from tasks.intake.batch import batch_id_for
 
         return batch_id_for(self.path.read_bytes())
 
@@ -139,8 +139,8 @@ def sha256(path: Path) -> str:
 def state(ws: Path) -> dict:
     """What must not depend on faults: production, the versions, production's parent
     chain (version, batch, lineage, weights hash of each) and the pending list."""
-    from tasks.policy import load_pending
-    from tasks.registry import Registry
+    from tasks.drift.policy import load_pending
+    from tasks.registry.store import Registry
 
     reg = Registry(ws / "models")
     production = reg.resolve("production")
@@ -337,9 +337,9 @@ def test_a_stream_with_kills_and_mirror_outages_ends_like_the_fault_free_run(
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from tasks.policy import load_pending
-    from tasks.registry import Registry
-    from tasks.registry_s3 import Mirror, pull
+    from tasks.drift.policy import load_pending
+    from tasks.registry.store import Registry
+    from tasks.registry.registry_s3 import Mirror, pull
 
     started = time.monotonic()
     stream = make_stream(tmp_path / "stream")

@@ -20,9 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.intake import batch_id_for, intake, split_batch, store_split
-from tasks.registry import Registry
-from tasks.workspace import Workspace
+from tasks.intake.batch import batch_id_for, intake, split_batch, store_split
+from tasks.registry.store import Registry
+from tasks.core.workspace import Workspace
 
 runner = CliRunner()
 GOOD = [(f"rain today {i}", "weather") for i in range(6)] + [(f"guitar song {i}", "music") for i in range(6)]
@@ -116,8 +116,8 @@ def production_ws(tmp_path_factory, prefect_server):
     """A workspace whose production is a tiny model over weather/music, trained on (well,
     registered with) one accepted batch whose held-out rows are the exam."""
     from conftest import TINY_PARAMS, toy_frame
-    from tasks.model import load_base, save_classifier
-    from tasks.replay import new_buffer
+    from tasks.train.model import load_base, save_classifier
+    from tasks.train.replay import new_buffer
 
     root = tmp_path_factory.mktemp("bad_inputs")
     ws_path = root / "ws"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from tasks.card import render_card
+from tasks.registry.card import render_card
 
 GATE = {"promote": True, "reasons": ["all 3 checks passed"], "checks": [
     {"name": "slice:banking", "kind": "old_slice", "champion": 0.958, "candidate": 0.951, "threshold": 0.938,

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from tasks.config import ConfigError, Params, load_params, params_from_dict, params_hash
+from tasks.core.config import ConfigError, Params, load_params, params_from_dict, params_hash
 
 
 def test_defaults_when_params_file_absent(tmp_path):
@@ -197,7 +197,7 @@ def test_registry_mirror_must_be_an_s3_uri():
 
 def test_remediation_ladder_rungs_are_validated_when_params_load():
     ok = params_from_dict({"remediation": {"ladder": [{"train.distill_weight": 1.0}, {"replay.ratio": 2}]}})
-    from tasks.config import attempt_params
+    from tasks.core.config import attempt_params
 
     assert attempt_params(ok, 0) is ok
     assert attempt_params(ok, 1).train.distill_weight == 1.0 and attempt_params(ok, 2).replay.ratio == 2.0

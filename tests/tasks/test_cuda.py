@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.config import ModelConfig, TrainConfig
-from tasks.finetune import TrainSet, finetune, pick_device
-from tasks.model import load_base
+from tasks.core.config import ModelConfig, TrainConfig
+from tasks.train.finetune import TrainSet, finetune, pick_device
+from tasks.train.model import load_base
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda.is_available() is False")
 

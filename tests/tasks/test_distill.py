@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks.config import params_from_dict
-from tasks.distill import distill_loss, teacher_logits
-from tasks.finetune import train_candidate
-from tasks.intake import split_batch
-from tasks.model import load_base, load_classifier
+from tasks.core.config import params_from_dict
+from tasks.train.distill import distill_loss, teacher_logits
+from tasks.train.finetune import train_candidate
+from tasks.intake.batch import split_batch
+from tasks.train.model import load_base, load_classifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import DriftConfig
-from tasks.drift import NO_REFERENCE, SIGNALS, DriftResult, detect_drift, drift_task, text_signals
+from tasks.core.config import DriftConfig
+from tasks.drift.detect import NO_REFERENCE, SIGNALS, DriftResult, detect_drift, text_signals
 
 VOCAB = ["the", "order", "arrived", "late", "great", "service", "refund", "please", "thanks", "box"]
 LONG_VOCAB = ["extraordinarily", "disappointing", "unbelievable", "communication", "responsiveness"]
@@ -124,12 +124,6 @@ def test_text_signals():
     assert signals["label"].tolist() == ["x", "y", "3"]
     with pytest.raises(ValueError, match="label"):
         text_signals(frame.drop(columns="label"))
-
-
-def test_prefect_wrapper_calls_detect_drift(tmp_path, reference):
-    assert drift_task.name == "drift"
-    result = drift_task.fn(make_batch(seed=13), reference, DriftConfig(), tmp_path)
-    assert isinstance(result, DriftResult)
 
 
 def _texts(rng, n: int) -> list[str]:

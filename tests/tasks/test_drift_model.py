@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from flows.stream import clinc150_frame
-from tasks.config import DriftConfig
-from tasks.drift import detect_drift
-from tasks.embed_drift import (Champion, champion_quality, coverage, embedding_drift, encode, load_champion)
+from tasks.core.config import DriftConfig
+from tasks.drift.detect import detect_drift
+from tasks.drift.embed_drift import (Champion, champion_quality, coverage, embedding_drift, encode, load_champion)
 
 CFG = DriftConfig(max_embed_rows=300)
 

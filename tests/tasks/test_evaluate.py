@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tasks.evaluate import evaluate, load_exam, predict, score, sheet
-from tasks.model import Classifier, minilm_path
+from tasks.judge.evaluate import evaluate, load_exam, predict, score, sheet
+from tasks.train.model import Classifier, minilm_path
 
 LABELS = ["weather", "music", "food"]
 

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.config import ModelConfig, TrainConfig, load_params
-from tasks.finetune import TrainSet, finetune, pick_device, train_candidate
-from tasks.trainloop import length_bucketed_batches
-from tasks.intake import split_batch
-from tasks.model import load_base, load_classifier
-from tasks.replay import ReplayBuffer
+from tasks.core.config import ModelConfig, TrainConfig, load_params
+from tasks.train.finetune import TrainSet, finetune, pick_device, train_candidate
+from tasks.train.trainloop import length_bucketed_batches
+from tasks.intake.batch import split_batch
+from tasks.train.model import load_base, load_classifier
+from tasks.train.replay import ReplayBuffer
 
 MODEL = ModelConfig(base="tiny", max_length=32)
 FAST = TrainConfig(epochs=8, batch_size=16, lr=2e-3, warmup_ratio=0.0, seed=7, precision="fp32", device="cpu")
@@ -243,7 +243,7 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(toy):
 
 
 def test_dev_split_prefers_the_batch_dev_rows_else_carves_a_seeded_share():
-    from tasks.finetune import dev_split
+    from tasks.train.finetune import dev_split
 
     train = pd.DataFrame({"text": [f"t{i}" for i in range(50)], "label": "x"})
     dev = pd.DataFrame({"text": ["d"], "label": ["x"]})
@@ -288,8 +288,8 @@ def test_train_report_json_fields(toy, workspace, tmp_path):
 def test_replay_from_the_lineage_pool_draws_from_the_pool_and_keeps_the_buffer_the_same(toy):
     import pandas as pd
 
-    from tasks.finetune import replay_sample
-    from tasks.replay import new_buffer
+    from tasks.train.finetune import replay_sample
+    from tasks.train.replay import new_buffer
 
     old = toy(["weather", "music"], per_label=20, seed=1, slice_name="A").assign(batch_id="b-1")
     buffer = new_buffer("reservoir", capacity=10, seed=0)

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from tasks.config import GateConfig
-from tasks.gate import LOW_POWER_POOL, POOLED, GateDecision, decide, flipped_rows
-from tasks.gate_stats import Paired, detectable_margin, lower_bound, score_test
+from tasks.core.config import GateConfig
+from tasks.judge.gate import LOW_POWER_POOL, POOLED, GateDecision, decide, flipped_rows
+from tasks.judge.gate_stats import Paired, detectable_margin, lower_bound, score_test
 
 CFG = GateConfig(tolerance=0.05, alpha=0.05, min_slice_size=20, min_new_slice_score=0.5, max_total_drop=0.03,
                  max_negative_flip_rate=0.05, max_false_rejection=0.1)

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.intake import (
+from tasks.intake.batch import (
     batch_id_for, intake, is_known, load_split, mark_decided, parse_bytes, quarantine, split_batch,
     store_split,
 )
-from tasks.workspace import Workspace
+from tasks.core.workspace import Workspace
 
 
 @pytest.fixture

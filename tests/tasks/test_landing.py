@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from tasks.intake import batch_id_for
-from tasks.landing import LandingBusy, Ledger, arrivals, ledger_path, open_ledger
-from tasks.workspace import Workspace
+from tasks.intake.batch import batch_id_for
+from tasks.intake.landing import LandingBusy, Ledger, arrivals, ledger_path, open_ledger
+from tasks.core.workspace import Workspace
 
 
 def _drop(folder, name, body: bytes, mtime: float):
@@ -58,7 +58,7 @@ def test_a_second_sweep_finds_the_ledger_busy(tmp_path):
 
 
 def test_s3_landing_prefix_is_listed_and_copied_locally(tmp_path, s3_bucket):
-    from tasks.storage import put_bytes
+    from tasks.core.storage import put_bytes
 
     ws = Workspace.at(tmp_path)
     put_bytes(f"s3://{s3_bucket}/landing/one.csv", b"text,label\nhello,x\n")

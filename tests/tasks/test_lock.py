@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from tasks.lock import file_lock
+from flows.lock import file_lock
 
 pytestmark = pytest.mark.reliability
 
 
 def test_a_killed_holder_does_not_keep_the_lock(tmp_path, repo):
     models = tmp_path / "models"
-    code = ("import pathlib, time\nfrom tasks.lock import promotion_lock\n"
+    code = ("import pathlib, time\nfrom flows.lock import promotion_lock\n"
             f"with promotion_lock(pathlib.Path({str(models)!r}), 'ratchet-promote', 10):\n"
             "    print('held', flush=True)\n    time.sleep(120)\n")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a plain `ratchet retrain`

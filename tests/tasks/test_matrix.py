@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.matrix import (as_array, average_forgetting, bwt, column_forgetting, extend, forgetting, square,
+from tasks.registry.matrix import (as_array, average_forgetting, bwt, column_forgetting, extend, forgetting, square,
                           stamp, summary)
 
 # row i = after training on batch i, column j = batch j; None above the diagonal = never seen

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_minilm_learns_one_clinc_domain_far_above_chance(tmp_path):
-    from tasks.config import params_from_dict
-    from tasks.evaluate import evaluate
-    from tasks.finetune import train_candidate
-    from tasks.model import load_classifier
+    from tasks.core.config import params_from_dict
+    from tasks.judge.evaluate import evaluate
+    from tasks.train.finetune import train_candidate
+    from tasks.train.model import load_classifier
 
     frame = clinc150_frame("banking", per_intent=30)
     frame["batch_id"] = "b"
@@ -59,10 +59,10 @@ def test_replay_keeps_earlier_clinc_domains_naive_finetuning_forgets(tmp_path):
     import json
     import time
 
-    from tasks.config import params_from_dict
-    from tasks.evaluate import evaluate
-    from tasks.finetune import train_candidate
-    from tasks.model import load_classifier
+    from tasks.core.config import params_from_dict
+    from tasks.judge.evaluate import evaluate
+    from tasks.train.finetune import train_candidate
+    from tasks.train.model import load_classifier
 
     domains = ["banking", "credit_cards", "kitchen_and_dining"]
     frames = {d: clinc150_frame(d, per_intent=20).assign(batch_id=d) for d in domains}

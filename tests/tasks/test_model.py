@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tasks.model import (
+from tasks.train.model import (
     LABEL_MAP_FILE, Classifier, grow_head, load_base, load_classifier, minilm_path, save_classifier,
 )
 
@@ -166,8 +166,8 @@ def test_plain_transformers_pipeline_loads_saved_dir(toy, tmp_path):
     directory names no Ratchet module, so nothing of ours can be imported by it.)"""
     from transformers import pipeline
 
-    from tasks.config import ModelConfig, TrainConfig
-    from tasks.finetune import TrainSet, finetune
+    from tasks.core.config import ModelConfig, TrainConfig
+    from tasks.train.finetune import TrainSet, finetune
 
     clf = load_base("tiny", ["weather", "music"], seed=0)
     train = toy(["weather", "music"], per_label=20)

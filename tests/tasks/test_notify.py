@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from webhook_receiver import Hook
 
-from tasks.notify import WebhookError, markdown, post_json, summary
+from flows.notify import WebhookError, markdown, post_json, summary
 
 OUTCOME = {
     "status": "promoted", "batch_id": "b-123", "run_id": "20261129T000000-b-123", "version": "v0002",
@@ -72,7 +72,7 @@ def test_webhook_errors_name_the_url_and_status():
 def test_webhook_task_retries_until_the_hook_answers(prefect_server):
     from prefect import flow
 
-    from tasks.notify import webhook_task
+    from flows.notify import webhook_task
 
     hook = Hook(fail=2)
 

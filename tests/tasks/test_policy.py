@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.config import ConfigError, RetrainConfig, load_params
-from tasks.policy import add_pending, clear_pending, decide, load_pending
+from tasks.core.config import ConfigError, RetrainConfig, load_params
+from tasks.drift.policy import add_pending, clear_pending, decide, load_pending
 
 CALM = SimpleNamespace(drifted=False, quality_dropped=False, signals=[])
 DRIFT = SimpleNamespace(drifted=True, quality_dropped=False, signals=["new_labels", "embedding[all]"])

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.model import load_base, load_classifier, save_classifier
-from tasks.registry import Registry, RegistryError, register_and_promote
+from tasks.train.model import load_base, load_classifier, save_classifier
+from tasks.kinds import CLASSIFICATION
+from tasks.registry.store import Registry, RegistryError, register_and_promote
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -249,8 +250,8 @@ def test_aliases_json_is_plain_sorted_json(tmp_path):
 
 def test_register_and_promote_makes_loadable_production(tmp_path, model_dir):
     reg = Registry(tmp_path / "models")
-    v1 = register_and_promote(reg, model_dir, {"parent": None})
-    v2 = register_and_promote(reg, model_dir, {"parent": v1})
+    v1 = register_and_promote(reg, model_dir, {"parent": None}, works=CLASSIFICATION.works)
+    v2 = register_and_promote(reg, model_dir, {"parent": v1}, works=CLASSIFICATION.works)
     assert (v1, v2) == ("v0001", "v0002")
     assert reg.aliases() == {"production": "v0002", "previous": "v0001"}
     clf = load_classifier(reg.root / "production")
@@ -265,12 +266,12 @@ def test_register_and_promote_makes_loadable_production(tmp_path, model_dir):
 @pytest.mark.reliability
 def test_register_and_promote_never_points_at_a_broken_version(tmp_path, model_dir):
     reg = Registry(tmp_path / "models")
-    good = register_and_promote(reg, model_dir, {})
+    good = register_and_promote(reg, model_dir, {}, works=CLASSIFICATION.works)
     before = reg.aliases_path.read_bytes()
     broken = fake_candidate(tmp_path, "broken")  # right files, garbage weights
     shutil.copy(model_dir / "config.json", broken / "config.json")
     with pytest.raises(Exception):
-        register_and_promote(reg, broken, {})
+        register_and_promote(reg, broken, {}, works=CLASSIFICATION.works)
     assert reg.resolve("production") == good
     assert reg.aliases_path.read_bytes() == before
     assert (reg.root / "production").resolve() == reg.path(good).resolve()
@@ -351,7 +352,7 @@ def test_versions_without_a_manifest_check_only_the_weights_hash(tmp_path):
 @pytest.mark.reliability
 def test_register_and_promote_refuses_a_copy_damaged_after_registration(tmp_path, model_dir, monkeypatch):
     reg = Registry(tmp_path / "models")
-    good = register_and_promote(reg, model_dir, {})
+    good = register_and_promote(reg, model_dir, {}, works=CLASSIFICATION.works)
     register = Registry.register
 
     def register_then_damage(self, candidate_dir, metadata):
@@ -361,7 +362,7 @@ def test_register_and_promote_refuses_a_copy_damaged_after_registration(tmp_path
 
     monkeypatch.setattr(Registry, "register", register_then_damage)
     with pytest.raises(RegistryError, match="model.safetensors"):
-        register_and_promote(reg, model_dir, {})
+        register_and_promote(reg, model_dir, {}, works=CLASSIFICATION.works)
     assert reg.resolve("production") == good
 
 
@@ -402,7 +403,7 @@ def test_rollback_without_previous_is_refused(tmp_path):
 
 def test_register_and_promote_records_gate_passed(tmp_path, model_dir):
     reg = Registry(tmp_path / "models")
-    register_and_promote(reg, model_dir, {})
+    register_and_promote(reg, model_dir, {}, works=CLASSIFICATION.works)
     assert [(h["alias"], h["to"], h["reason"]) for h in reg.history()] == [("production", "v0001", "gate passed")]
 
 
@@ -434,7 +435,7 @@ def test_lineage_survives_a_missing_parent_and_a_cycle(tmp_path):
 
 def test_real_version_carries_a_card_with_its_labels(tmp_path, model_dir):
     reg = Registry(tmp_path / "models")
-    version = register_and_promote(reg, model_dir, {"batch_id": "b1"})
+    version = register_and_promote(reg, model_dir, {"batch_id": "b1"}, works=CLASSIFICATION.works)
     card = (reg.root / "production" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n")
     assert "`weather`, `music`" in card and reg.metadata(version)["labels"] == ["weather", "music"]

@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-import tasks.registry_s3 as registry_s3
-from tasks.registry import Registry, RegistryError
-from tasks.registry_s3 import Mirror, MirrorError, move_production, publish, pull, push_version
-from tasks.storage import head, list_objects, put_bytes, read_bytes
+import tasks.registry.registry_s3 as registry_s3
+from tasks.registry.store import Registry, RegistryError
+from tasks.registry.registry_s3 import Mirror, MirrorError, move_production, publish, pull, push_version
+from tasks.core.storage import head, list_objects, put_bytes, read_bytes
 
 pytestmark = pytest.mark.reliability
 
@@ -259,7 +259,7 @@ def test_publish_of_a_version_no_longer_local_production_only_pushes(tmp_path, m
 
 
 def test_mirror_from_config():
-    from tasks.config import RegistryConfig
+    from tasks.core.config import RegistryConfig
 
     assert Mirror.from_config(RegistryConfig()) is None
     got = Mirror.from_config(RegistryConfig(mirror="s3://b/p/", endpoint_url="http://127.0.0.1:1"))

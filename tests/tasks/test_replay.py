@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.replay import COLUMNS, STRATEGIES, ReplayBuffer, ReservoirBuffer, derive_buffer, new_buffer
+from tasks.train.replay import COLUMNS, STRATEGIES, ReplayBuffer, ReservoirBuffer, derive_buffer, new_buffer
 
 
 def rows(start: int, n: int, *, batch: str = "b-0") -> pd.DataFrame:

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.checkpoint import FILE
-from tasks.config import params_from_dict
-from tasks.finetune import train_candidate
-from tasks.intake import split_batch
-from tasks.model import load_classifier
-from tasks.replay import ReplayBuffer
+from tasks.train.checkpoint import FILE
+from tasks.core.config import params_from_dict
+from tasks.train.finetune import train_candidate
+from tasks.intake.batch import split_batch
+from tasks.train.model import load_classifier
+from tasks.train.replay import ReplayBuffer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.storage import Conflict, StorageError, head, list_objects, put_bytes, read_bytes, split_s3, upload_file
+from tasks.core.storage import Conflict, StorageError, head, list_objects, put_bytes, read_bytes, split_s3, upload_file
 
 
 def test_split_s3():

@@ -1,4 +1,4 @@
-"""Tests for the validation gate (tasks/validate.py): GX runs in memory, offline."""
+"""Tests for the validation gate (tasks/validate/checks.py): GX runs in memory, offline."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import ValidateConfig
-from tasks.validate import (
+from tasks.core.config import ValidateConfig
+from tasks.validate.checks import (
     Failure,
     ValidationResult,
     _exception_message,
     validate_frame,
-    validate_task,
 )
 
 CFG = ValidateConfig(min_rows=3, min_text_chars=1, max_text_chars=50)
@@ -196,6 +195,3 @@ def test_gx_errors_in_either_shape_are_read():
     assert _exception_message(None) is None
 
 
-def test_prefect_task_wraps_the_function():
-    assert validate_task.name == "validate"
-    assert validate_task.fn(good_frame(), CFG).passed

@@ -8,13 +8,13 @@ import json
 import pandas as pd
 import pytest
 
-from tasks.config import ConfigError, LabelsConfig, ValidateConfig, load_params
-from tasks.contract import Context, label_kl, show
-from tasks.intake import Intake, raw_file_name
-from tasks.parsing import parse_table, sniff_delimiter
-from tasks.quarantine import quarantine_rows, render_html
-from tasks.validate import validate_frame
-from tasks.workspace import Workspace
+from tasks.core.config import ConfigError, LabelsConfig, ValidateConfig, load_params
+from tasks.validate.contract import Context, label_kl, show
+from tasks.intake.batch import Intake, raw_file_name
+from tasks.intake.parsing import parse_table, sniff_delimiter
+from tasks.validate.quarantine import quarantine_rows, render_html
+from tasks.validate.checks import validate_frame
+from tasks.core.workspace import Workspace
 
 CFG = ValidateConfig(min_rows=3, max_text_chars=200)
 DROP = ValidateConfig(min_rows=3, max_text_chars=200, on_bad_rows="drop_rows")

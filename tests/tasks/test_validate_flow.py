@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.intake import batch_id_for, intake, is_known, mark_decided, split_batch, store_split
-from tasks.workspace import Workspace
+from tasks.intake.batch import batch_id_for, intake, is_known, mark_decided, split_batch, store_split
+from tasks.core.workspace import Workspace
 from test_bad_inputs import GOOD, csv_bytes, production_ws, snapshot  # noqa: F401  (module fixture)
 
 runner = CliRunner()
@@ -55,7 +55,7 @@ def test_ratchet_validate_reports_without_writing(ws, tmp_path):
 
 
 def test_s3_batches_are_validated_and_quarantined(ws, s3_bucket):
-    from tasks.storage import put_bytes
+    from tasks.core.storage import put_bytes
 
     raw = csv_bytes(GOOD + [("", "music")])
     uri = f"s3://{s3_bucket}/landing/2026/bad batch.csv"
@@ -73,7 +73,7 @@ def test_s3_batches_are_validated_and_quarantined(ws, s3_bucket):
 
 
 def test_is_known_reads_s3(ws, s3_bucket, tmp_path):
-    from tasks.storage import put_bytes
+    from tasks.core.storage import put_bytes
 
     raw = csv_bytes(GOOD)
     uri = f"s3://{s3_bucket}/b.csv"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import toy_ner_frame
-from tasks.config import NerConfig, ValidateConfig
+from tasks.core.config import NerConfig, ValidateConfig
 from tasks.ner.conll import ConllError, convert_conll, parse_ner_bytes, read_conll, to_jsonl, write_conll
 from tasks.ner.evaluate import counts, score
 from tasks.ner.tags import iob2_errors, labels_for, spans, types_of

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import toy_ner_frame
-from tasks.config import DriftConfig
+from tasks.core.config import DriftConfig
 from tasks.ner.drift import detect_ner_drift, js_distance, signals, type_shares
 from tasks.ner.model import load_base_tagger
 from tasks.ner.tags import labels_for

@@ -13,10 +13,10 @@ pytestmark = pytest.mark.slow
 def test_minilm_tagger_learns_toy_entities_and_grows(tmp_path):
     from transformers import pipeline
 
-    from tasks.config import params_from_dict
+    from tasks.core.config import params_from_dict
     from tasks.ner.evaluate import evaluate_tagger
     from tasks.ner.model import load_tagger
-    from tasks.finetune import train_candidate
+    from tasks.train.finetune import train_candidate
     from tasks.ner.train import TAGGERS
 
     params = params_from_dict({"task": {"type": "ner"}, "model": {"base": "minilm", "max_length": 32},

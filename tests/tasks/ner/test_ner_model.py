@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from conftest import toy_ner_frame
-from tasks.config import GateConfig, load_params
-from tasks.model import save_classifier
+from tasks.core.config import GateConfig, load_params
+from tasks.train.model import save_classifier
 from tasks.ner.evaluate import evaluate_tagger, predict_tags
-from tasks.gate import decide
-from tasks.gate_stats import EntityF1
+from tasks.judge.gate import decide
+from tasks.judge.gate_stats import EntityF1
 from tasks.ner.model import IGNORE, align_labels, encode_words, grow_types, load_base_tagger, load_tagger
 from tasks.ner.tags import labels_for
-from tasks.finetune import train_candidate
+from tasks.train.finetune import train_candidate
 from tasks.ner.train import TAGGERS, from_buffer_rows, to_buffer_rows
-from tasks.replay import ReplayBuffer
+from tasks.train.replay import ReplayBuffer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
