@@ -48,7 +48,10 @@ run: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/ratchet serve
 
+# the layers contract first (pyproject.toml [tool.importlinter]): an import that climbs a
+# layer or closes a cycle fails before any test runs
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)
@@ -58,6 +61,7 @@ test-reliability: $(STAMP)
 	$(BIN)/python -m pytest -m reliability -q
 
 test-all: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 repro: $(STAMP)

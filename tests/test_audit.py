@@ -153,4 +153,4 @@ def test_a_tagger_promotion_is_recorded_with_its_f1(dvc_ws):
     record_promotion(Workspace.at(dvc_ws), params, reg, version)
     written = json.loads((dvc_ws / "audit" / "metrics.json").read_text())
     assert written["overall_f1"] == 0.8 and written["slices"] == {"news": 0.8}
-    assert (dvc_ws / "audit" / "matrix.csv").read_text().splitlines()[0] == "version,slice,f1"
+    assert (dvc_ws / "audit" / "matrix.csv").read_text().splitlines()[0] == "version,slice,score"

@@ -47,6 +47,7 @@ def audit_repo(repo: Path, root: Path, params: dict | None = None) -> Path:
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
                 ["git", "config", "user.name", "test"]):
         run(cmd, ws)
+    shutil.copyfile(repo / ".dvcignore", ws / ".dvcignore")  # __pycache__ is not a code change
     shutil.copytree(repo / ".dvc" / "plots", ws / ".dvc" / "plots")  # the heatmap template
     return ws
 

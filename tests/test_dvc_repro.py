@@ -1,4 +1,5 @@
-"""dvc.yaml rebuilds a promotion made by the flow, bitwise, and is then up to date."""
+"""dvc.yaml rebuilds a promotion made by the flow, bitwise, and is then up to date: for a
+sentence classifier and for a tagger (the stages call the task type's plug-in)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.retrain import retrain
@@ -20,8 +22,18 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_dvc_repro_reproduces_the_first_promotion(repo, tmp_path, toy, prefect_server):
-    from conftest import TINY_PARAMS
+def _batch(task: str, path: Path) -> None:
+    from conftest import toy_frame, toy_ner_frame
+
+    if task == "ner":
+        toy_ner_frame(["PER", "LOC"], sentences=60, seed=1, slice_name="A").to_json(path, orient="records", lines=True)
+    else:
+        toy_frame(["weather", "music"], per_label=30, seed=5, slice_name="A").to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("task", ["classification", "ner"])
+def test_dvc_repro_reproduces_the_first_promotion(task, repo, tmp_path, prefect_server):
+    from conftest import TINY_NER_PARAMS, TINY_PARAMS
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -29,22 +41,23 @@ def test_dvc_repro_reproduces_the_first_promotion(repo, tmp_path, toy, prefect_s
     shutil.copyfile(repo / "dvc.yaml", ws / "dvc.yaml")
     # dvc.yaml names every key it depends on, so start from the full params.yaml
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    for section, values in yaml.safe_load(TINY_PARAMS).items():
+    for section, values in yaml.safe_load(TINY_NER_PARAMS if task == "ner" else TINY_PARAMS).items():
         params[section].update(values)
-    params["audit"] = {"batch": "data/landing/a.csv", "parent": "none"}
+    batch = ws / "data" / "landing" / ("a.jsonl" if task == "ner" else "a.csv")
+    params["audit"] = {"batch": str(batch.relative_to(ws)), "parent": "none"}
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copyfile(repo / ".gitignore", ws / ".gitignore")  # models/versions.dvc must not be ignored
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         assert _run(cmd, ws).returncode == 0
+    shutil.copyfile(repo / ".dvcignore", ws / ".dvcignore")  # __pycache__ is not a code change
     shutil.copytree(repo / ".dvc" / "plots", ws / ".dvc" / "plots")  # the accuracy-matrix heatmap
-    batch = ws / "data" / "landing" / "a.csv"
     batch.parent.mkdir(parents=True)
-    toy(["weather", "music"], per_label=30, seed=5, slice_name="A").to_csv(batch, index=False)
+    _batch(task, batch)
 
     outcome = retrain(batch=str(batch), workspace=str(ws))
     assert outcome["status"] == "promoted"
     meta = Registry(ws / "models").metadata("v0001")
-    assert meta["dvc_data_hash"] and (ws / "data.dvc").exists()
+    assert meta["dvc_data_hash"] and (ws / "data.dvc").exists() and meta["task"] == task
     assert (ws / "models" / "versions.dvc").exists() and (ws / "audit" / "metrics.json").exists()
 
     first = _run(["dvc", "repro"], ws)

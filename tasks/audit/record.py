@@ -141,17 +141,18 @@ def score_key(meta: dict) -> str:
 
 def audit_frames(reg: Registry, version: str) -> dict[str, pd.DataFrame]:
     """The plot tables for `version`: its per-slice score, the score matrix of its lineage
-    (each version on each slice it was examined on) and its training loss. The score
-    column is `accuracy`, or `f1` for a tagger (task.type: ner)."""
+    (each version on each slice it was examined on) and its training loss. The `score`
+    column is accuracy, or entity F1 for a tagger (task.type: ner): one plot definition
+    in dvc.yaml serves every task type."""
     meta = reg.metadata(version)
     key = score_key(meta)
     lineage = [e["version"] for e in reversed(reg.lineage(version))]
-    matrix = [{"version": v, "slice": s, key: m[key]} for v in lineage
+    matrix = [{"version": v, "slice": s, "score": m[key]} for v in lineage
               for s, m in reg.metadata(v)["metrics"]["slices"].items()]
-    slices = [{"slice": s, key: m[key]} for s, m in meta["metrics"]["slices"].items()]
+    slices = [{"slice": s, "score": m[key]} for s, m in meta["metrics"]["slices"].items()]
     losses = (meta.get("train") or {}).get("losses") or []
-    return {"slices": pd.DataFrame(slices, columns=["slice", key]),
-            "matrix": pd.DataFrame(matrix, columns=["version", "slice", key]),
+    return {"slices": pd.DataFrame(slices, columns=["slice", "score"]),
+            "matrix": pd.DataFrame(matrix, columns=["version", "slice", "score"]),
             "loss": pd.DataFrame({"step": range(1, len(losses) + 1), "loss": losses})}
 
 

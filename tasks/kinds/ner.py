@@ -30,27 +30,16 @@ from tasks.judge.evaluate import load_exam
 from tasks.drift.policy import load_pending
 from tasks.registry.store import Registry
 from tasks.validate.checks import ValidationResult
+from tasks.validate.contract import normalise_all
+from tasks.validate.leakage import leak_masks
 from tasks.core.workspace import Workspace
 
 
-def _sentence_keys(frame: pd.DataFrame | None) -> pd.Series:
+def sentence_keys(frame: pd.DataFrame | None) -> pd.Series:
+    """A tagger's leakage key: the sentence, normalised as texts are."""
     if frame is None or not len(frame):
         return pd.Series([], dtype=str)
-    return frame["tokens"].map(lambda t: " ".join(t).lower())
-
-
-def remove_leaks(parts: Split, ws: Workspace, lineage: list[str]) -> tuple[Split, dict[str, int]]:
-    """Train sentences already in the exam (or in this batch's held-out part) are not
-    trained on; held-out sentences that were trained on earlier are not examined."""
-    exam = set(_sentence_keys(load_exam(ws.exam_dir, lineage) if lineage else None)) | set(_sentence_keys(parts.test))
-    trained = set(_sentence_keys(load_train(lineage, ws)))
-    train_leak = _sentence_keys(parts.train).isin(exam).to_numpy()
-    dev_leak = _sentence_keys(parts.dev).isin(exam).to_numpy()
-    test_leak = _sentence_keys(parts.test).isin(trained).to_numpy()
-    clean = Split(parts.train[~train_leak].reset_index(drop=True), parts.dev[~dev_leak].reset_index(drop=True),
-                  parts.test[~test_leak].reset_index(drop=True))
-    return clean, {"train_in_exam": int(train_leak.sum()), "dev_in_exam": int(dev_leak.sum()),
-                   "exam_already_trained": int(test_leak.sum())}
+    return normalise_all(frame["tokens"].map(" ".join))
 
 
 def recorded_f1(metadata: dict | None) -> float | None:
@@ -86,14 +75,19 @@ class Ner:
     def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
               lineage: list[str]) -> tuple[Split, dict | None]:
         """The `split` column, else a stable hash of the sentence (repeated sentences stay
-        on one side); leaks against the lineage removed."""
+        on one side); leaks removed by the same rules as for texts (tasks/validate/leakage.py),
+        here rather than in validation because they need the sentence split first."""
         df = rows.reset_index(drop=True).copy()
-        split = assign_split(df.assign(text=[" ".join(t) for t in df["tokens"]]), test_share)
+        where = assign_split(df.assign(text=[" ".join(t) for t in df["tokens"]]), test_share)
         df["slice"] = df["slice"].astype(str) if "slice" in df.columns else batch_id
         df["batch_id"] = batch_id
-        parts, leaks = remove_leaks(Split(*(df.loc[split.isin(names), NER_COLUMNS].reset_index(drop=True)
-                                            for names in (TRAIN_NAMES, DEV_NAMES, TEST_NAMES))), ws, lineage)
-        return parts, leaks
+        exam = set(sentence_keys(load_exam(ws.exam_dir, lineage) if lineage else None))
+        found = leak_masks(sentence_keys(df), where, exam, set(sentence_keys(load_train(lineage, ws))))
+        kept = ~pd.concat(found.values(), axis=1).any(axis=1)
+        df, where = df[kept], where[kept]
+        parts = Split(*(df.loc[where.isin(names), NER_COLUMNS].reset_index(drop=True)
+                        for names in (TRAIN_NAMES, DEV_NAMES, TEST_NAMES)))
+        return parts, {kind: int(mask.sum()) for kind, mask in found.items()}
 
     def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,
               metadata: dict | None, out_dir: Path):

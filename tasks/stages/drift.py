@@ -3,6 +3,8 @@ through the task type's drift signals."""
 
 from __future__ import annotations
 
+from html import escape
+
 import pandas as pd
 
 from tasks.intake.batch import load_train
@@ -19,11 +21,14 @@ def main() -> None:
     result = common.kind(p).drift(current, reference, p, common.parent_dir(p),
                                   common.registry().metadata(parent) if parent else None, out)
     head = result.headline()
+    html = out / "drift.html"  # a declared out: say why when the task type wrote no Evidently report
+    if not html.exists():
+        html.write_text(f"<html><body><p>No Evidently report: {escape(head['reason'])}</p></body></html>\n")
+    # the kind's headline facts: lists (signals, new labels or entity types) as counts
     common.write_json(out / "metrics.json", {
-        "drifted": result.drifted, "quality_dropped": result.quality_dropped, "signals": len(result.signals),
-        "new_labels": len(result.new_labels), "reference_rows": result.reference_rows,
-        "current_rows": result.current_rows, "scores": {k: v for k, v in head["scores"].items() if v is not None}})
-
+        **{k: len(v) if isinstance(v, list) else v for k, v in head.items()
+           if k not in ("reason", "scores", "html_path", "json_path")},
+        "scores": {k: v for k, v in head["scores"].items() if v is not None}})
 
 if __name__ == "__main__":
     main()

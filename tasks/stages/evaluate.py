@@ -26,7 +26,7 @@ def main() -> None:
     common.write_json(out / "metrics.json", {
         "candidate": {"overall": cand["overall"][kind.metric],
                       **{k: v[kind.metric] for k, v in cand["slices"].items()}}})
-    pd.DataFrame([{"slice": k, "model": who, kind.metric: v[kind.metric]} for who in sheets if sheets[who]
+    pd.DataFrame([{"slice": k, "model": who, "score": v[kind.metric]} for who in sheets if sheets[who]
                   for k, v in sheets[who]["all"]["slices"].items()]).to_csv(out / "slices.csv", index=False)
 
 

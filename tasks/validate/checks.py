@@ -25,7 +25,7 @@ import pandas as pd
 
 from tasks.core.config import LabelsConfig, ValidateConfig
 from tasks.validate.contract import Check, Context, batch_checks, row_checks, usable_rows
-from tasks.validate.gx_suite import REQUIRED, _exception_message, gx_checks  # noqa: F401  (re-exported)
+from tasks.validate.gx_suite import REQUIRED, gx_checks
 from tasks.validate.leakage import KINDS, find_leakage
 
 MAX_EXAMPLES = 5

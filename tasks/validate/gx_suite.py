@@ -99,7 +99,7 @@ def _to_check(r: Any, df: pd.DataFrame) -> Check:
     kwargs = r.expectation_config.kwargs
     column = kwargs.get("column")
     level = "row" if kind in ROW_LEVEL else "batch"
-    error = _exception_message(r.exception_info)
+    error = exception_message(r.exception_info)
     if error is not None:
         where = f" on column '{column}'" if column else ""
         return Check(kind, column, [], f"could not run {kind}{where}: {error}", "batch")
@@ -121,7 +121,7 @@ def _found_columns(wanted: str, columns: list) -> str:
     return f" (the file has columns: {listed or 'none'})"
 
 
-def _exception_message(info: Any) -> str | None:
+def exception_message(info: Any) -> str | None:
     """GX reports an error either flat or keyed by metric id; return its message."""
     if not isinstance(info, dict):
         return None

@@ -47,18 +47,21 @@ class Leakage:
                 for kind, rows in self.found.items() if rows]
 
 
+def leak_masks(key: pd.Series, split: pd.Series, exam: set[str], trained: set[str]) -> dict[str, pd.Series]:
+    """The leakage rules, for every task type: `key` is each row's normalised leakage key
+    (the text; a tagger's sentence), `split` where it goes, `exam` the keys of the exam's
+    rows and `trained` those of past training rows. One boolean mask per kind of leak."""
+    train = split.isin(TRAIN_NAMES | DEV_NAMES)
+    test = split.isin(TEST_NAMES)
+    found = {"train_rows_in_exam": train & key.isin(exam), "heldout_rows_in_past_train": test & key.isin(trained)}
+    found["train_rows_in_own_heldout"] = train & ~found["train_rows_in_exam"] & key.isin(set(key[test]))
+    return found
+
+
 def find_leakage(good: pd.DataFrame, ctx: Context) -> Leakage:
     """Leaks among `good` (usable rows of the batch, indexed by position)."""
     if good.empty:
         return Leakage({})
-    split = assign_split(good, ctx.test_share)
-    key = normalise_all(good["text"])
-    train = split.isin(TRAIN_NAMES | DEV_NAMES)
-    test = split.isin(TEST_NAMES)
-    own_test = set(key[test])
-    found = {
-        "train_rows_in_exam": train & key.isin(ctx.exam_texts),
-        "heldout_rows_in_past_train": test & key.isin(ctx.past_train_texts),
-    }
-    found["train_rows_in_own_heldout"] = train & ~found["train_rows_in_exam"] & key.isin(own_test)
+    found = leak_masks(normalise_all(good["text"]), assign_split(good, ctx.test_share), ctx.exam_texts,
+                       ctx.past_train_texts)
     return Leakage({kind: sorted(int(i) for i in good.index[mask]) for kind, mask in found.items() if mask.any()})

@@ -153,5 +153,5 @@ def test_split_removes_leaks_against_earlier_batches(ner_run, tmp_path):
                                              "split": ["train", "test"]})
     parts, leaks = NER.split(pd.concat([frame, leaked], ignore_index=True), "b-leak", 0.3, ws,
                              [first])
-    assert leaks["train_in_exam"] == 1 and leaks["exam_already_trained"] == 1
+    assert leaks["train_rows_in_exam"] == 1 and leaks["heldout_rows_in_past_train"] == 1
     assert len(parts.train) + len(parts.test) == len(frame)

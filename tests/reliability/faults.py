@@ -24,7 +24,7 @@ def die() -> None:
 
 
 def arm(point: str) -> None:
-    from tasks.registry.store import store as registry
+    from tasks.registry import store as registry
     if point == "before_alias_move":
         registry.Registry.promote = lambda self, version, reason=None: die()
         return

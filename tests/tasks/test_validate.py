@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from tasks.core.config import ValidateConfig
+from tasks.validate.gx_suite import exception_message
 from tasks.validate.checks import (
     Failure,
     ValidationResult,
-    _exception_message,
     validate_frame,
 )
 
@@ -189,9 +189,9 @@ def test_gx_errors_in_either_shape_are_read():
     flat = {"raised_exception": True, "exception_message": "boom", "exception_traceback": "tb"}
     keyed = {"MetricConfigurationID(x)": {"exception_traceback": "tb", "exception_message": "bang"}}
     clean = {"raised_exception": False, "exception_message": None, "exception_traceback": None}
-    assert _exception_message(flat) == "boom"
-    assert _exception_message(keyed) == "bang"
-    assert _exception_message(clean) is None
-    assert _exception_message(None) is None
+    assert exception_message(flat) == "boom"
+    assert exception_message(keyed) == "bang"
+    assert exception_message(clean) is None
+    assert exception_message(None) is None
 
 
