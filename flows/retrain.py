@@ -181,7 +181,8 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
                    params: Params | None = None) -> str:
     """Register the candidate as a new immutable version (with the lineage's accuracy
     matrix grown by one row), move production to it, then mirror it when configured."""
-    write_answers(candidate.path, cand_sheets)  # sealed with the version: the next gate's floor
+    write_answers(candidate.path, cand_sheets,  # sealed with the version: the next gate's floor
+                  run.kind.statistic((params or run.params).gate).columns)
     metadata = version_metadata(  # the promoted attempt's params: an audit replays exactly those
         params or run.params, parent=run.champion, lineage=lineage, batch_id=batch_id, source=run.source,
         metrics=cand_sheets["all"], gate=decision.to_dict(), train=candidate.train.to_dict(),
