@@ -328,9 +328,11 @@ def _machine() -> dict:
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 
 
-def _exam_score(overall: dict) -> float:
-    """Accuracy of a classifier; entity-level micro F1 of a tagger (task.type: ner)."""
-    return overall["accuracy"] if "accuracy" in overall else overall["f1"]
+def _exam_score(meta: dict) -> float:
+    """A version's headline exam score in its task type's metric (accuracy, a tagger's F1)."""
+    from tasks.registry.store import score_metric
+
+    return meta["metrics"]["overall"][score_metric(meta)]
 
 
 @models_app.command("list")
@@ -346,7 +348,7 @@ def models_list(workspace: Path = typer.Option(Path("."))) -> None:
     for version in reg.versions():
         meta = reg.metadata(version)
         table.add_row(version, ", ".join(sorted(marks.get(version, []))), str(meta.get("parent")),
-                      meta.get("batch_id", ""), f"{_exam_score(meta['metrics']['overall']):.3f}", meta.get("created_at", ""))
+                      meta.get("batch_id", ""), f"{_exam_score(meta):.3f}", meta.get("created_at", ""))
     console.print(table)
 
 

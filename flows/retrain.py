@@ -182,7 +182,8 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
                    params: Params | None = None) -> str:
     """Register the candidate as a new immutable version (with the lineage's accuracy
     matrix grown by one row), move production to it, then mirror it when configured."""
-    write_answers(candidate.path, cand_sheets)  # sealed with the version: the next gate's floor
+    write_answers(candidate.path, cand_sheets,  # sealed with the version: the next gate's floor
+                  run.kind.statistic((params or run.params).gate).columns)
     metadata = promotion_metadata(  # the promoted attempt's params: an audit replays exactly those
         params or run.params, run.kind, parent_meta=run.reg.metadata(run.champion) if run.champion else {},
         champion_scores=run.details.get("champion_scores"), parent=run.champion, lineage=lineage,

@@ -14,16 +14,16 @@ import pandas as pd
 ANSWERS_FILE = "exam_answers.parquet"
 
 
-OUTCOMES = ("correct", "tp", "fp", "fn")  # what a task type's statistic may read
+OUTCOMES = ("correct", "tp", "fp", "fn")  # what the built-in task types' statistics read
 
 
-def write_answers(model_dir: str | Path, sheets: dict) -> Path:
+def write_answers(model_dir: str | Path, sheets: dict, columns: tuple[str, ...] = OUTCOMES) -> Path:
     """The per-row outcomes of a score sheet: key, the predicted answer, correct (1/0) and
-    whatever counts the task type's statistic reads (a tagger's tp/fp/fn)."""
+    the columns the task type's statistic reads (`columns`: a tagger's tp/fp/fn)."""
     rows = sheets["rows"]
     path = Path(model_dir) / ANSWERS_FILE
     table = pd.DataFrame({"key": pd.Series(rows["key"], dtype=str), "pred": pd.Series(rows["pred"], dtype=str)})
-    for column in OUTCOMES:
+    for column in dict.fromkeys(("correct", *columns)):
         if column in rows:
             table[column] = pd.Series(rows[column]).astype("int32")
     table.to_parquet(path, index=False)
@@ -36,7 +36,8 @@ def read_answers(model_dir: str | Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     frame = pd.read_parquet(path)
-    return frame.set_index(frame["key"].astype(str))[[c for c in OUTCOMES if c in frame.columns]].astype(int)
+    outcomes = [c for c in frame.columns if c not in ("key", "pred")]  # correct and the statistic's columns
+    return frame.set_index(frame["key"].astype(str))[outcomes].astype(int)
 
 
 def lineage_answers(reg, version: str | None) -> dict[str, pd.DataFrame]:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from tasks.core.config import GateConfig, Params
+from tasks.core.config import TASK_KINDS, GateConfig, Params
 from tasks.intake.batch import Intake, Split
 from tasks.validate.checks import ValidationResult
 from tasks.core.workspace import Workspace
@@ -61,7 +61,7 @@ class TaskKind(Protocol):
         """`ratchet drift FILE`: (validation result, drift result or None when rejected)."""
 
 
-KINDS: dict[str, TaskKind] = {}
+KINDS: dict[str, TaskKind] = TASK_KINDS  # the one registry; params.yaml's task.type is checked against it
 
 
 def register(kind: TaskKind) -> TaskKind:

@@ -110,7 +110,8 @@ def _continual(metadata: dict) -> list[str]:
     batches = record.get("batches") or []
     rows = [[r.get("version") or metadata.get("version"), r.get("batch_id"), *values]
             for r, values in zip(record["rows"], record.get("accuracy") or [])]
-    score = "Entity micro F1" if record.get("metric") == "f1" else "Accuracy"
+    metric = record.get("metric")
+    score = "Entity micro F1" if metric == "f1" else metric_label(metric).capitalize()
     lines = ["## Continual learning", "",
              f"{score} of each version in this model's lineage (rows, oldest first; each learned the batch "
              "named) on each batch's held-out rows (columns). A cell above the diagonal is the earlier "

@@ -29,8 +29,9 @@ Matrix = Sequence[Sequence[float | None]] | np.ndarray
 
 
 def metric_label(metric: str | None) -> str:
-    """How a score's metric name is shown in tables: "entity F1" for f1."""
-    return "entity F1" if metric == "f1" else "accuracy"
+    """How a score's metric name is shown in tables: "entity F1" for f1, accuracy when
+    none was recorded, else the task type's own name ("balanced_accuracy": "balanced accuracy")."""
+    return {"f1": "entity F1", None: "accuracy"}.get(metric, str(metric).replace("_", " "))
 
 
 def as_array(matrix: Matrix) -> np.ndarray:

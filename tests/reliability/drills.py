@@ -16,35 +16,46 @@ CHILD_TIMEOUT = 1200
 HERE = Path(__file__).resolve().parent
 
 
-def make_production(root: Path, params: str) -> tuple[Path, str]:
-    """A workspace whose production v0001 is a tiny model over weather/music (saved
+def make_production(root: Path, params: str, kind: str = "classification") -> tuple[Path, str]:
+    """A workspace whose production v0001 is a tiny model of task type `kind` (saved
     untrained: cheap, and still a real, loadable, checksummed version) registered with
-    one accepted batch A, whose held-out rows are the exam. Returns (workspace, batch A id)."""
-    from conftest import toy_frame
-    from tasks.intake.batch import intake, split_batch, store_split
-    from tasks.train.model import load_base, save_classifier
+    one accepted batch A (weather/music; PER/LOC sentences for ner), whose held-out rows
+    are the exam. Returns (workspace, batch A id)."""
+    from kinds.deliveries import DELIVERIES
+    from tasks.core.config import load_params, with_overrides
+    from tasks.intake.batch import intake
+    from tasks.kinds import get_kind
+    from tasks.train.model import save_classifier
     from tasks.registry.store import Registry
     from tasks.train.replay import new_buffer
     from tasks.core.workspace import Workspace
 
+    d, plug = DELIVERIES[kind], get_kind(kind)
     ws_path = root / "ws"
     ws_path.mkdir(parents=True)
     (ws_path / "params.yaml").write_text(params)
     ws = Workspace.at(ws_path)
-    source = root / "a.csv"
-    toy_frame(["weather", "music"], per_label=20, seed=1, slice_name="A").to_csv(source, index=False)
-    got = intake(source, ws)
-    split = split_batch(got.frame, got.batch_id, 0.2)
-    store_split(split, got.batch_id, ws)
-    model_dir = save_classifier(load_base("tiny", ["weather", "music"], seed=0), root / "model")
+    got = intake(d.write(root / "a", d.batches[0], seed=1, slice_name="A", size=40), ws, parser=plug.parse)
+    split, _ = plug.split(got.frame, got.batch_id, 0.2, ws, [])
+    start = with_overrides(load_params(ws.params_path), {"train.seed": 0})
+    model, _, _ = plug.training.starting_point(None, split.train, start)  # the base, head over batch A's labels
+    model_dir = save_classifier(model, root / "model")
     buffer = new_buffer("reservoir", capacity=200, seed=0)
-    buffer.add(split.train)
+    buffer.add(plug.training.to_buffer(split.train))
     buffer.save(model_dir)
     reg = Registry(ws.models_dir)
     version = reg.register(model_dir, {"parent": None, "batch_id": got.batch_id, "batch_ids": [got.batch_id],
-                                       "metrics": {"overall": {"rows": 8, "accuracy": 0.5}}})
+                                       "task": plug.name, "metric": plug.metric,
+                                       "metrics": {"overall": {"rows": len(split.test), plug.metric: 0.5}}})
     reg.promote(version, reason="drill setup")
     return ws_path, got.batch_id
+
+
+def production_works(ws: Path, kind: str = "classification") -> None:
+    """The task type's own smoke test on whatever version the production link names."""
+    from tasks.kinds import get_kind
+
+    assert get_kind(kind).works(ws / "models" / "production") is None
 
 
 def child_env(api_url: str | None, **extra: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ tests/flows/test_deploy.py, and takes tens of seconds per handover to poll here)
 every decision is recorded, the registry ends consistent, and no promotion is lost or
 applied twice: each run trains from and is judged against the production the previous
 one left, so the last production's lineage holds every promoted batch exactly once.
+For every built-in task type (tests/kinds/deliveries.py).
 """
 
 from __future__ import annotations
@@ -16,22 +17,22 @@ import json
 import pytest
 
 from drills import CHILD_TIMEOUT, Reaped, child_env, make_production, ratchet, registry_is_consistent
+from kinds.deliveries import DELIVERIES
+from tasks.kinds import KINDS
 
 pytestmark = pytest.mark.reliability
 
-BATCHES = {"B": ["food", "travel"], "C": ["bank", "sport"], "D": ["health", "car"], "E": ["weather", "music"]}
 
-
-def test_four_runs_at_once_all_complete_and_no_promotion_is_lost(tmp_path, prefect_api_url):
-    from conftest import TINY_PARAMS, toy_frame
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_four_runs_at_once_all_complete_and_no_promotion_is_lost(tmp_path, prefect_api_url, kind):
     from tasks.intake.batch import batch_id_for
     from tasks.registry.store import Registry
 
-    ws, first = make_production(tmp_path, TINY_PARAMS + "ops: {promote_limit: '', lock_timeout_seconds: 600}\n")
+    d = DELIVERIES[kind]
+    ws, first = make_production(tmp_path, d.params + "ops: {promote_limit: '', lock_timeout_seconds: 600}\n", kind)
     batches = {}
-    for i, (name, labels) in enumerate(BATCHES.items()):
-        path = tmp_path / f"{name}.csv"
-        toy_frame(labels, per_label=20, seed=10 + i, slice_name=name).to_csv(path, index=False)
+    for i, (name, about) in enumerate(zip("BCDE", d.batches[1:5])):
+        path = d.write(tmp_path / name, about, seed=10 + i, slice_name=name, size=40)
         batches[batch_id_for(path.read_bytes())] = path
     env = child_env(prefect_api_url)
     children = {bid: ratchet(["retrain", "--batch", str(path), "--workspace", str(ws)], env)

@@ -5,7 +5,7 @@ recorded at registration before anything loads the version (a flipped byte would
 load and quietly predict garbage); `ratchet retrain` refuses to drift against, train
 from or judge with it (exit 1, nothing written); `ratchet status` names the damaged
 version and file; production cannot be moved onto it, and `ratchet rollback` moves it to
-the intact previous version, which loads.
+the intact previous version, which loads. For every built-in task type.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from drills import make_production
+from drills import make_production, production_works
 from flows.cli import app
+from kinds.deliveries import DELIVERIES
+from tasks.kinds import KINDS, get_kind
 from tasks.registry.store import Registry, RegistryError
 
 pytestmark = pytest.mark.reliability
@@ -34,19 +36,18 @@ def flip_byte(path):
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("damage, words", [(truncate, "truncated: model.safetensors"),
                                            (flip_byte, "hash mismatch: model.safetensors")])
-def test_damaged_production_is_refused_reported_and_rolled_back(tmp_path, prefect_server, damage, words):
-    from conftest import TINY_PARAMS, toy_frame
-    from tasks.train.model import load_classifier
-
-    ws, _ = make_production(tmp_path, TINY_PARAMS)
+def test_damaged_production_is_refused_reported_and_rolled_back(tmp_path, prefect_server, damage, words, kind):
+    d = DELIVERIES[kind]
+    ws, _ = make_production(tmp_path, d.params, kind)
     reg = Registry(ws / "models")
     reg.promote(reg.register(reg.path("v0001"), {**reg.metadata("v0001"), "parent": "v0001"}), reason="second")
     assert reg.aliases() == {"production": "v0002", "previous": "v0001"}
     damage(reg.path("v0002") / "model.safetensors")
     if damage is flip_byte:
-        load_classifier(reg.path("v0002"))  # the bytes alone would pass: only the checksum knows
+        assert get_kind(kind).works(reg.path("v0002")) is None  # the bytes alone would pass: only the checksum knows
 
     with pytest.raises(RegistryError, match=words):
         reg.checked_path("v0002")
@@ -57,8 +58,7 @@ def test_damaged_production_is_refused_reported_and_rolled_back(tmp_path, prefec
     shown = runner.invoke(app, ["status", "--workspace", str(ws)]).output
     assert "v0002:" in shown and "model.safetensors" in shown
 
-    batch = tmp_path / "c.csv"
-    toy_frame(["food", "travel"], per_label=20, seed=3).to_csv(batch, index=False)
+    batch = d.write(tmp_path / "c", d.batches[1], seed=3, size=40)
     refused = runner.invoke(app, ["retrain", "--batch", str(batch), "--workspace", str(ws)])
     assert refused.exit_code == 1, refused.output
     assert "registry error" in refused.output and "v0002 failed its integrity check" in refused.output
@@ -73,6 +73,4 @@ def test_damaged_production_is_refused_reported_and_rolled_back(tmp_path, prefec
     assert rolled.exit_code == 0, rolled.output
     assert reg.resolve("production") == "v0001" and reg.history()[-1]["reason"] == "v0002 damaged on disk"
     assert (ws / "models" / "production").resolve().name == "v0001"
-    from transformers import pipeline
-
-    assert pipeline("text-classification", model=str(ws / "models" / "production"))("rain")[0]["label"]
+    production_works(ws, kind)

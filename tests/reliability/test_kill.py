@@ -4,6 +4,8 @@ the promotion, and the same command is run again.
 Guarantees proved (README, Guarantees): production is unchanged and loadable after the
 kill, no partial version is ever listed, the rerun resumes (from the last checkpoint) or
 finishes the interrupted promotion, and the batch ends up in production exactly once.
+Each drill runs for every built-in task type (tests/kinds/deliveries.py: CSV text
+batches, JSONL sentences for ner).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import time
 
 import pytest
 
-from drills import CHILD_TIMEOUT, Reaped, child_env, make_production, ratchet, registry_is_consistent
+from drills import CHILD_TIMEOUT, Reaped, child_env, make_production, production_works, ratchet, registry_is_consistent
 from faults import POINTS
+from kinds.deliveries import DELIVERIES
+from tasks.kinds import KINDS
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -31,12 +35,10 @@ ops: {promote_limit: ""}
 """
 
 
-def setup(tmp_path, epochs: int):
-    from conftest import toy_frame
-
-    ws, first = make_production(tmp_path, PARAMS.replace("EPOCHS", str(epochs)))
-    batch = tmp_path / "b.csv"
-    toy_frame(["food", "travel"], per_label=20, seed=2, slice_name="B").to_csv(batch, index=False)
+def setup(tmp_path, epochs: int, kind: str):
+    d = DELIVERIES[kind]
+    ws, first = make_production(tmp_path, PARAMS.replace("EPOCHS", str(epochs)) + d.task_params, kind)
+    batch = d.write(tmp_path / "b", d.batches[1], seed=2, slice_name="B", size=40)
     return ws, first, batch
 
 
@@ -44,13 +46,6 @@ def snapshot(ws):
     models = ws / "models"
     return {"aliases": (models / "aliases.json").read_bytes(), "link": (models / "production").resolve(),
             "versions": sorted(p.name for p in (models / "versions").iterdir())}
-
-
-def assert_production_loads(ws):
-    from transformers import pipeline
-
-    clf = pipeline("text-classification", model=str(ws / "models" / "production"))
-    assert clf("rain please")[0]["label"]
 
 
 def assert_exactly_once(ws, first, batch):
@@ -73,10 +68,11 @@ def assert_exactly_once(ws, first, batch):
     assert not list((ws / "models").glob(".aliases.json.*")) and not list((ws / "models" / "versions").glob(".*"))
 
 
-def test_sigkill_during_finetune_then_rerun_resumes_and_promotes_once(tmp_path, prefect_api_url):
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_sigkill_during_finetune_then_rerun_resumes_and_promotes_once(tmp_path, prefect_api_url, kind):
     from flows.retrain import retrain
 
-    ws, first, batch = setup(tmp_path, epochs=60)  # ~480 steps: the kill lands mid-training
+    ws, first, batch = setup(tmp_path, epochs=60, kind=kind)  # ~420 steps: the kill lands mid-training
     before = snapshot(ws)
     child = ratchet(["retrain", "--batch", str(batch), "--workspace", str(ws)], child_env(prefect_api_url))
     scratch = ws / ".ratchet" / "candidates"
@@ -96,7 +92,7 @@ def test_sigkill_during_finetune_then_rerun_resumes_and_promotes_once(tmp_path, 
         "the kill came after training finished: nothing was interrupted"
     assert snapshot(ws) == before  # production, its link and the versions: untouched
     registry_is_consistent(ws / "models")
-    assert_production_loads(ws)
+    production_works(ws, kind)
     assert not list((ws / "reports").glob("*/decision.json"))  # no decision: the batch is not "seen"
 
     outcome = retrain(batch=str(batch), workspace=str(ws))  # the same command again
@@ -104,14 +100,15 @@ def test_sigkill_during_finetune_then_rerun_resumes_and_promotes_once(tmp_path, 
     assert outcome["details"]["train"]["resumed_from_step"] >= 5  # from the checkpoint, not from scratch
     assert not list(scratch.glob("*.run"))
     assert_exactly_once(ws, first, batch)
-    assert_production_loads(ws)
+    production_works(ws, kind)
 
 
-def test_sigkill_inside_the_promotion_then_rerun_finishes_it(tmp_path, prefect_api_url):
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_sigkill_inside_the_promotion_then_rerun_finishes_it(tmp_path, prefect_api_url, kind):
     """One child per kill point, started together (each has its own workspace)."""
     from flows.retrain import retrain
 
-    setups = {point: setup(tmp_path / point, epochs=12) for point in POINTS}
+    setups = {point: setup(tmp_path / point, epochs=12, kind=kind) for point in POINTS}
     children = {point: ratchet(["retrain", "--batch", str(batch), "--workspace", str(ws)],
                                child_env(prefect_api_url), fault=point)
                 for point, (ws, _, batch) in setups.items()}
@@ -123,7 +120,7 @@ def test_sigkill_inside_the_promotion_then_rerun_finishes_it(tmp_path, prefect_a
     for point, (ws, first, batch) in setups.items():
         production = registry_is_consistent(ws / "models")
         assert production == ("v0002" if point == "after_alias_write" else "v0001"), point
-        assert_production_loads(ws)  # whichever complete version the link names
+        production_works(ws, kind)  # whichever complete version the link names
         assert not list((ws / "reports").glob("*/decision.json"))
 
         outcome = retrain(batch=str(batch), workspace=str(ws))  # the same command again
@@ -136,4 +133,4 @@ def test_sigkill_inside_the_promotion_then_rerun_finishes_it(tmp_path, prefect_a
         assert decision["status"] == outcome["status"]
         registry_is_consistent(ws / "models")
         assert_exactly_once(ws, first, batch)
-        assert_production_loads(ws)
+        production_works(ws, kind)

@@ -1,5 +1,7 @@
-"""Crash safety: a run killed at step k and rerun ends with bitwise the same weights as
-a run never interrupted; finished candidates appear only complete and are reused."""
+"""Crash safety of the training loop: a run killed at step k and rerun ends with bitwise
+the same weights as a run never interrupted; a checkpoint of other inputs is not
+resumed; finished candidates appear only complete and are reused. The loop is the same
+for every task type: tests/flows/test_conformance.py SIGKILLs each kind's fine-tune."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from crashes import TRAIN, Crash, crash_at
 from tasks.train.checkpoint import FILE
 from tasks.core.config import params_from_dict
 from tasks.train.finetune import train_candidate
@@ -15,20 +18,6 @@ from tasks.train.model import load_classifier
 from tasks.train.replay import ReplayBuffer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("one_torch_thread")]
-
-TRAIN = {"epochs": 4, "batch_size": 8, "lr": 2e-3, "warmup_ratio": 0.2, "seed": 7, "precision": "fp32",
-         "device": "cpu", "checkpoint_every": 3, "early_stopping_patience": 2, "distill_weight": 1.0}
-
-
-class Crash(RuntimeError):
-    pass
-
-
-def crash_at(k: int):
-    def on_step(step: int) -> None:
-        if step == k:
-            raise Crash(f"killed at step {k}")
-    return on_step
 
 
 @pytest.fixture(scope="module")
@@ -103,46 +92,3 @@ def test_finished_candidate_is_reused_not_retrained(setting, tmp_path):
                                 on_step=steps.append)
     assert steps and retrained.train.inputs_sha256 != first.train.inputs_sha256
 
-
-# --- the same loop for a tagger (task.type: ner) ---------------------------------------
-
-@pytest.fixture(scope="module")
-def tagger_setting(tmp_path_factory):
-    """A champion tagger and a batch with a new entity type: growth, replay, distillation
-    and frozen lower layers all on the resumed path."""
-    from conftest import toy_ner_frame
-
-    from tasks.ner.train import TAGGERS
-
-    tmp = tmp_path_factory.mktemp("resume-ner")
-    params = params_from_dict({"task": {"type": "ner"}, "model": {"base": "tiny", "max_length": 24},
-                               "replay": {"capacity": 30}, "train": {**TRAIN, "freeze_layers": 1}})
-    first = toy_ner_frame(["PER", "LOC"], sentences=30, seed=0).assign(slice="A", batch_id="a")
-    champion = train_candidate(champion_dir=None, train_rows=first, out_dir=tmp / "champion", params=params,
-                               training=TAGGERS)
-    second = toy_ner_frame(["ORG"], sentences=24, seed=1).assign(slice="B", batch_id="b")
-    return params, champion.path, second, TAGGERS
-
-
-def test_a_killed_tagger_fine_tune_resumes_bitwise_and_a_finished_one_is_reused(tagger_setting, tmp_path):
-    from tasks.ner.model import load_tagger
-
-    params, champion, rows, training = tagger_setting
-    kw = dict(champion_dir=champion, train_rows=rows, params=params, training=training)
-    whole = train_candidate(out_dir=tmp_path / "whole", **kw)
-    assert whole.train.steps > 5 and whole.train.replay_rows > 0 and whole.new_labels == ["ORG"]
-    out = tmp_path / "crashed"
-    with pytest.raises(Crash):
-        train_candidate(out_dir=out, on_step=crash_at(5), **kw)
-    assert not out.exists() and (tmp_path / "crashed.run" / FILE).exists()
-    resumed = train_candidate(out_dir=out, **kw)
-    assert resumed.train.resumed_from_step == 3
-    sa, sb = load_tagger(whole.path).model.state_dict(), load_tagger(resumed.path).model.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert resumed.train.losses == whole.train.losses
-    # frozen: the embeddings did not move from the champion's
-    start = load_tagger(champion).model.state_dict()
-    name = "bert.embeddings.word_embeddings.weight"
-    assert torch.equal(sa[name], start[name])
-    again = train_candidate(out_dir=out, on_step=crash_at(1), **kw)  # finished: reused, not retrained
-    assert again.train.inputs_sha256 == resumed.train.inputs_sha256
