@@ -130,6 +130,7 @@ def drift(path: Path = typer.Argument(..., help="Batch file: CSV, JSONL or Parqu
     from tasks.core.config import ConfigError, load_params
     from tasks.intake.batch import batch_id_for
     from tasks.kinds import get_kind
+    from tasks.kinds.files import check_drift
     from tasks.core.workspace import Workspace
 
     if not path.exists():
@@ -142,7 +143,7 @@ def drift(path: Path = typer.Argument(..., help="Batch file: CSV, JSONL or Parqu
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2)
     run_id = f"drift-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{batch_id_for(path.read_bytes())}"
-    checked, result = get_kind(params.task.type).check_drift(path, ws, params, run_id)
+    checked, result = check_drift(get_kind(params.task.type), str(path), ws, params, run_id)
     if as_json:
         typer.echo(json.dumps({"drifted": None if result is None else result.drifted, "validation": checked.to_dict(),
                                **(result.to_dict() if result else {})}, indent=2, default=str))
@@ -179,6 +180,7 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
 
     from tasks.core.config import ConfigError, load_params
     from tasks.kinds import get_kind
+    from tasks.kinds.files import check_file
     from tasks.core.storage import StorageError, is_s3
     from tasks.core.workspace import Workspace
 
@@ -188,7 +190,7 @@ def validate(path: str = typer.Argument(..., help="Batch file to check: a path o
     ws = Workspace.at(workspace)
     try:
         params = load_params(ws.params_path, _overrides(set_))
-        batch_id, result = get_kind(params.task.type).check_file(path, ws, params)
+        batch_id, result = check_file(get_kind(params.task.type), path, ws, params)
     except (ConfigError, typer.BadParameter) as exc:
         console.print(f"[red]configuration error:[/] {escape(str(exc))}")
         raise typer.Exit(2)

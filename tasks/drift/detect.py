@@ -227,39 +227,3 @@ def _write_json(path: Path, result: DriftResult, evidently: dict[str, Any] | Non
     path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
 
 
-def check_file(path: Path, ws, params, run_id: str):
-    """`ratchet drift PATH`: validate a delivery (as `ratchet validate` does) and check the
-    rows that would go on for drift against production and the pending batches, as the
-    flow would, without storing or training anything.
-    Returns (ValidationResult, DriftResult or None when validation rejected the file)."""
-    from tasks.validate.context import load_context
-    from tasks.drift.embed_drift import load_champion
-    from tasks.intake.batch import batch_id_for, load_train, source_name, split_batch
-    from tasks.intake.parsing import parse_table
-    from tasks.drift.policy import load_pending
-    from tasks.registry.store import Registry
-    from tasks.core.storage import read_bytes
-    from tasks.validate.checks import validate_frame
-
-    raw = read_bytes(str(path), endpoint_url=params.validate.s3_endpoint or None)
-    batch_id = batch_id_for(raw)
-    try:
-        table = parse_table(raw, source_name(str(path)), params.validate.encoding)
-    except Exception as exc:  # the same verdict the flow gives an unparseable file
-        return validate_frame(None, params.validate, f"{type(exc).__name__}: {exc}"), None
-    checked = validate_frame(table.frame, params.validate, labels=params.labels,
-                             context=load_context(ws, params, batch_id), rows=table.rows, malformed=table.malformed)
-    if not checked.passed:
-        return checked, None
-    reg = Registry(ws.models_dir)
-    production = reg.resolve("production")
-    meta = reg.metadata(production) if production else {}
-    lineage = list(meta.get("batch_ids", []))
-    lineage += [b for b in load_pending(ws.data_dir) if b not in lineage]
-    champion = load_champion(reg.path(production) if production else None, base=params.model.base, metadata=meta,
-                             seed=params.train.seed, max_length=params.model.max_length) if lineage else None
-    split = split_batch(checked.kept(table.frame), batch_id, params.intake.test_share)
-    current = pd.concat([split.train, split.dev, split.test], ignore_index=True)
-    result = detect_drift(current, load_train(lineage, ws), params.drift, ws.run_dir(run_id), params.train.seed,
-                          champion)
-    return checked, result

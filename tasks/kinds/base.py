@@ -32,9 +32,6 @@ class TaskKind(Protocol):
     def validate(self, got: Intake, ws: Workspace, params: Params, reg, parent: str | None) -> ValidationResult:
         """Row checks of a parsed delivery against `parent` (production, or an audit's version)."""
 
-    def check_file(self, source: str, ws: Workspace, params: Params) -> tuple[str, ValidationResult]:
-        """`ratchet validate FILE`: (batch id, result), writing nothing."""
-
     def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
               lineage: list[str]) -> tuple[Split, dict | None]:
         """train / dev / held-out rows (the flow stores them: held-out rows join the exam);
@@ -56,9 +53,6 @@ class TaskKind(Protocol):
 
     def works(self, model_dir: Path) -> str | None:
         """The smoke test before promotion: None when a stored model loads and predicts."""
-
-    def check_drift(self, path: Path, ws: Workspace, params: Params, run_id: str):
-        """`ratchet drift FILE`: (validation result, drift result or None when rejected)."""
 
 
 KINDS: dict[str, TaskKind] = TASK_KINDS  # the one registry; params.yaml's task.type is checked against it

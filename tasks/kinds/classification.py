@@ -15,7 +15,6 @@ import pandas as pd
 
 from tasks.core.config import GateConfig, Params
 from tasks.validate.context import PRODUCTION, load_context
-from tasks.drift.detect import check_file as drift_check_file
 from tasks.drift.detect import detect_drift
 from tasks.drift.embed_drift import load_champion
 from tasks.judge.evaluate import evaluate
@@ -24,7 +23,7 @@ from tasks.judge.gate_stats import Accuracy
 from tasks.intake.batch import Intake, Split, split_batch
 from tasks.kinds.base import register
 from tasks.train.model import load_classifier
-from tasks.validate.checks import ValidationResult, check_file, validate_frame
+from tasks.validate.checks import ValidationResult, validate_frame
 from tasks.core.workspace import Workspace
 
 
@@ -50,9 +49,6 @@ class Classification:
         return validate_frame(got.frame, params.validate, got.parse_error, labels=params.labels, context=context,
                               rows=got.rows, malformed=got.malformed)
 
-    def check_file(self, source: str, ws: Workspace, params: Params) -> tuple[str, ValidationResult]:
-        return check_file(source, ws, params)
-
     def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
               lineage: list[str]) -> tuple[Split, dict | None]:
         return split_batch(rows, batch_id, test_share), None  # leaks were removed by validation
@@ -75,9 +71,6 @@ class Classification:
 
     def works(self, model_dir: Path) -> str | None:
         return classifier_works(model_dir)
-
-    def check_drift(self, path: Path, ws: Workspace, params: Params, run_id: str):
-        return drift_check_file(path, ws, params, run_id)
 
 
 CLASSIFICATION = register(Classification())

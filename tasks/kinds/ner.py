@@ -25,10 +25,10 @@ from tasks.ner.drift import detect_ner_drift
 from tasks.ner.evaluate import batch_types, evaluate_tagger
 from tasks.ner.model import load_tagger
 from tasks.ner.train import NER_COLUMNS, TAGGERS
-from tasks.ner.validate import check_file, types_of_version, validate_ner
+from tasks.ner.validate import types_of_version, validate_ner
 from tasks.judge.evaluate import load_exam
-from tasks.drift.policy import load_pending
-from tasks.registry.store import Registry
+
+
 from tasks.validate.checks import ValidationResult
 from tasks.validate.contract import normalise_all
 from tasks.validate.leakage import leak_masks
@@ -69,9 +69,6 @@ class Ner:
         known = types_of_version(reg, version) if version else None
         return validate_ner(got.frame, params.ner, params.validate, known_types=known, parse_error=got.parse_error)
 
-    def check_file(self, source: str, ws: Workspace, params: Params) -> tuple[str, ValidationResult]:
-        return check_file(source, ws, params)
-
     def split(self, rows: pd.DataFrame, batch_id: str, test_share: float, ws: Workspace,
               lineage: list[str]) -> tuple[Split, dict | None]:
         """The `split` column, else a stable hash of the sentence (repeated sentences stay
@@ -110,21 +107,6 @@ class Ner:
 
     def works(self, model_dir: Path) -> str | None:
         return tagger_works(model_dir)
-
-    def check_drift(self, path: Path, ws: Workspace, params: Params, run_id: str):
-        """`ratchet drift FILE`: (validation, drift or None when rejected), against the
-        sentences behind production and the pending batches; writes only reports/<run_id>/."""
-        _, checked = check_file(str(path), ws, params)
-        if not checked.passed:
-            return checked, None
-        frame = checked.kept(parse_ner_bytes(path.read_bytes(), path.name, params.validate.encoding))
-        reg = Registry(ws.models_dir)
-        champion = reg.resolve("production")
-        meta = reg.metadata(champion) if champion else {}
-        lineage = list(meta.get("batch_ids", []))
-        lineage += [b for b in load_pending(ws.data_dir) if b not in lineage]  # as the flow's reference
-        return checked, self.drift(frame, load_train(lineage, ws), params, reg.path(champion) if champion else None,
-                                   meta, ws.run_dir(run_id))
 
 
 NER = register(Ner())

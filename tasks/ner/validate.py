@@ -20,11 +20,7 @@ from collections import Counter, defaultdict
 import pandas as pd
 
 from tasks.core.config import NerConfig, ValidateConfig
-from tasks.intake.batch import batch_id_for, source_name
-from tasks.ner.conll import parse_ner_bytes
 from tasks.ner.tags import iob2_errors, spans, types_of
-from tasks.registry.store import Registry
-from tasks.core.storage import read_bytes
 from tasks.validate.checks import MAX_EXAMPLES, Failure, ValidationResult
 
 
@@ -113,25 +109,6 @@ def validate_ner(frame: pd.DataFrame | None, cfg: NerConfig, validate_cfg: Valid
                             file_rows=list(range(1, len(frame) + 1)))
 
 
-def check_file(source: str, ws, params) -> tuple[str, ValidationResult]:
-    """`ratchet validate FILE` for task.type ner: (batch id, result) against production's
-    entity types and params.yaml, without writing anything."""
-    raw = read_bytes(source, endpoint_url=params.validate.s3_endpoint or None)
-    frame, error = None, None
-    try:
-        frame = parse_ner_bytes(raw, source_name(source), params.validate.encoding)
-    except Exception as exc:  # a parse failure is a verdict, as in the flow
-        error = f"{type(exc).__name__}: {exc}"
-    return batch_id_for(raw), validate_ner(frame, params.ner, params.validate, known_types=production_types(
-        Registry(ws.models_dir)), parse_error=error)
-
-
 def types_of_version(reg, version: str) -> list[str]:
     """Entity types a registry version's tagger knows."""
     return types_of(json.loads((reg.path(version) / "config.json").read_text())["id2label"].values())
-
-
-def production_types(reg) -> list[str] | None:
-    """Entity types the production tagger knows (None before the first promotion)."""
-    version = reg.resolve("production")
-    return types_of_version(reg, version) if version else None

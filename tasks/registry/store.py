@@ -33,7 +33,7 @@ from typing import Iterator
 
 from tasks.registry.card import render_card
 from tasks.registry.integrity import WEIGHTS_FILE, check, check_weights, manifest, sha256_file
-from tasks.registry.matrix import extend, stamp
+from tasks.registry.matrix import stamp
 
 CARD_FILE = "README.md"
 LABEL_MAP_FILE = "label_map.json"  # as tasks.train.model writes it; not imported, to keep torch out

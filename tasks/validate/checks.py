@@ -159,25 +159,3 @@ def _failure(check: Check, rows: list[int]) -> Failure:
     return Failure(check.expectation, check.column, check.count, examples, check.message)
 
 
-def check_file(source: str, ws: Any, params: Any) -> tuple[str, ValidationResult]:
-    """Validate a file (local path or s3:// URI) against the workspace without touching
-    it: what `ratchet validate` shows a data team before they deliver. Returns the batch
-    id the file would get and the result."""
-    from tasks.validate.context import load_context
-    from tasks.intake.batch import batch_id_for, batch_id_of, size_problem, source_name
-    from tasks.intake.parsing import parse_table
-    from tasks.core.storage import read_bytes, size_of
-
-    endpoint = params.validate.s3_endpoint or None
-    problem = size_problem(size_of(source, endpoint_url=endpoint), params.intake.max_bytes)
-    if problem:
-        return batch_id_of(source, endpoint), too_large(problem)
-    raw = read_bytes(source, endpoint_url=endpoint)
-    batch_id = batch_id_for(raw)
-    try:
-        table = parse_table(raw, source_name(source), params.validate.encoding)
-    except Exception as exc:  # the same verdict the flow gives an unparseable file
-        return batch_id, validate_frame(None, params.validate, f"{type(exc).__name__}: {exc}")
-    context = load_context(ws, params, batch_id)
-    return batch_id, validate_frame(table.frame, params.validate, labels=params.labels, context=context,
-                                    rows=table.rows, malformed=table.malformed)

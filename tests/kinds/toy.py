@@ -27,8 +27,7 @@ import pandas as pd
 
 from tasks.core.config import GateConfig, Params
 from tasks.kinds.classification import Classification
-from tasks.validate.checks import ValidationResult
-from tasks.core.workspace import Workspace
+
 
 POSITIVE, NEGATIVE = "digit", "none"
 FIELDS = ("label", "slice", "split")
@@ -135,42 +134,6 @@ class Toy(Classification):
     # `ratchet validate FILE` / `ratchet drift FILE`: the classification kind's versions read
     # the file with the CSV/JSONL/Parquet table parser, not with `parse`, so a kind with a
     # parser of its own writes both again (docs/architecture.md, "Adding a task type").
-    def check_file(self, source: str, ws: Workspace, params: Params) -> tuple[str, ValidationResult]:
-        from tasks.intake.batch import Intake, batch_id_for, batch_id_of, size_problem, source_name
-        from tasks.core.storage import read_bytes, size_of
-        from tasks.validate.checks import too_large, validate_frame
-
-        endpoint = params.validate.s3_endpoint or None
-        problem = size_problem(size_of(source, endpoint_url=endpoint), params.intake.max_bytes)
-        if problem:
-            return batch_id_of(source, endpoint), too_large(problem)
-        raw = read_bytes(source, endpoint_url=endpoint)
-        batch_id = batch_id_for(raw)
-        try:
-            frame = self.parse(raw, source_name(source), params.validate.encoding)
-        except Exception as exc:  # the same verdict the flow gives an unparseable file
-            return batch_id, validate_frame(None, params.validate, f"{type(exc).__name__}: {exc}")
-        got = Intake(batch_id, Path(source), frame, rows=list(range(1, len(frame) + 1)))
-        return batch_id, self.validate(got, ws, params)
-
-    def check_drift(self, path: Path, ws: Workspace, params: Params, run_id: str):
-        from tasks.intake.batch import load_train, split_batch
-        from tasks.drift.policy import load_pending
-        from tasks.registry.store import Registry
-
-        batch_id, checked = self.check_file(str(path), ws, params)
-        if not checked.passed:
-            return checked, None
-        frame = checked.kept(self.parse(path.read_bytes(), path.name, params.validate.encoding))
-        reg = Registry(ws.models_dir)
-        champion = reg.resolve("production")
-        meta = reg.metadata(champion) if champion else {}
-        lineage = list(meta.get("batch_ids", []))
-        lineage += [b for b in load_pending(ws.data_dir) if b not in lineage]  # as the flow's reference
-        split = split_batch(frame, batch_id, params.intake.test_share)
-        rows = pd.concat([split.train, split.dev, split.test], ignore_index=True)
-        return checked, self.drift(rows, load_train(lineage, ws), params, reg.path(champion) if champion else None,
-                                   meta, ws.run_dir(run_id))
 
 
 TOY = Toy()  # registered by the tests that use it (tasks.kinds.register), never at import
