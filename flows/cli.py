@@ -339,13 +339,13 @@ def _exam_score(meta: dict) -> float:
 
 @models_app.command("list")
 def models_list(workspace: Path = typer.Option(Path("."))) -> None:
-    """Versions, their parent, batch and overall exam accuracy; aliases marked."""
+    """Versions, their parent, batch and overall exam score (accuracy, or F1 for a tagger); aliases marked."""
     reg = _registry(workspace)
     marks: dict[str, list[str]] = {}
     for alias, version in reg.aliases().items():
         marks.setdefault(version, []).append(alias)
     table = Table()
-    for column in ["version", "aliases", "parent", "batch", "exam accuracy", "created"]:
+    for column in ["version", "aliases", "parent", "batch", "exam score", "created"]:
         table.add_column(column)
     for version in reg.versions():
         meta = reg.metadata(version)

@@ -109,7 +109,8 @@ def promotion_metadata(params: Params, kind, *, parent_meta: dict, champion_scor
     """`version_metadata` for a promotion of task type `kind`, with its task, metric and the
     lineage's accuracy/F1 matrix grown by one row (tasks/registry/matrix.py). The flow and
     the DVC promote stage both build a version's record here."""
-    meta = version_metadata(params, **version) | {"task": kind.name, "metric": kind.metric}
+    meta = version_metadata(params, **version) | {"task": kind.name, "metric": kind.metric,
+                                                  "pipeline_tag": kind.pipeline_tag}
     meta["accuracy_matrix"] = extend(
         parent_meta.get("accuracy_matrix"), parent_version=version["parent"], batch_id=meta["batch_id"],
         batch_ids=meta["batch_ids"], candidate=version["metrics"],

@@ -24,6 +24,7 @@ from tasks.core.workspace import Workspace
 class TaskKind(Protocol):
     name: str            # the `task.type` value
     metric: str          # the headline score in a sheet's "overall" (accuracy, f1)
+    pipeline_tag: str    # the transformers pipeline a promoted version loads into (model card)
     training: Any        # the finetune stage's part: columns, head, starting point, buffer rows, teacher
 
     def parse(self, raw: bytes, name: str, encoding: str) -> pd.DataFrame | None:

@@ -38,6 +38,7 @@ def classifier_works(path: Path) -> str | None:
 class Classification:
     name: str = "classification"
     metric: str = "accuracy"
+    pipeline_tag: str = "text-classification"
     training: object = SENTENCES
 
     def parse(self, raw: bytes, name: str, encoding: str) -> pd.DataFrame | None:

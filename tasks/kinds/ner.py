@@ -58,6 +58,7 @@ def tagger_works(path: Path) -> str | None:
 class Ner:
     name: str = "ner"
     metric: str = "f1"
+    pipeline_tag: str = "token-classification"
     training: object = TAGGERS
 
     def parse(self, raw: bytes, name: str, encoding: str) -> pd.DataFrame | None:

@@ -16,6 +16,13 @@ import yaml
 from tasks.registry.matrix import metric_label, summary
 
 FRONT_MATTER = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": ["ratchet"]}
+# what a version of each pipeline is, and how to call it (the kind records `pipeline_tag`)
+MODEL_OF = {"text-classification": ("A text classifier", '"freeze my account please"'),
+            "token-classification": ("A named-entity tagger", '"Alice moved to Paris"')}
+
+
+def _pipeline(metadata: dict) -> str:
+    return metadata.get("pipeline_tag") or FRONT_MATTER["pipeline_tag"]
 
 
 def _cell(value: Any) -> str:
@@ -46,7 +53,7 @@ def _about(metadata: dict, lineage: list[dict]) -> list[str]:
     version = metadata.get("version", "unversioned")
     base = ((metadata.get("params") or {}).get("model") or {}).get("base", "unknown")
     lines = [f"# Ratchet model {version}", "",
-             "A text classifier trained continually by Ratchet: each version fine-tunes its parent on one "
+             f"{MODEL_OF.get(_pipeline(metadata), ('A model',))[0]} trained continually by Ratchet: each version fine-tunes its parent on one "
              "newly delivered labeled batch plus a replay sample of earlier ones, and was promoted only "
              "because no held-out slice seen so far got worse beyond tolerance.", ""]
     facts = [("base encoder", base), ("parent version", metadata.get("parent") or "none (first batch)"),
@@ -150,16 +157,18 @@ def _gate(metadata: dict) -> list[str]:
             + ([""] + reasons if reasons else []))
 
 
-def _usage() -> list[str]:
+def _usage(metadata: dict) -> list[str]:
+    tag = _pipeline(metadata)
+    example = MODEL_OF.get(tag, ("", '"some text"'))[1]
     return ["## How to use", "", "A plain transformers directory; no Ratchet code is needed:", "", "```python",
-            "from transformers import pipeline", "", 'clf = pipeline("text-classification", model="path/to/this/folder")',
-            'clf("freeze my account please")', "```"]
+            "from transformers import pipeline", "", f'model = pipeline("{tag}", model="path/to/this/folder")',
+            f"model({example})", "```"]
 
 
 def render_card(metadata: dict, lineage: list[dict]) -> str:
     """README.md for a version. `lineage` is newest first, one dict per version with
     version, batch_id, source, created_at and accuracy (see Registry.lineage)."""
-    front = "---\n" + yaml.safe_dump(FRONT_MATTER, sort_keys=False) + "---"
+    front = "---\n" + yaml.safe_dump(FRONT_MATTER | {"pipeline_tag": _pipeline(metadata)}, sort_keys=False) + "---"
     sections = [_about(metadata, lineage), _labels(metadata), _lineage(lineage), _metrics(metadata),
-                _continual(metadata), _gate(metadata), _usage()]
+                _continual(metadata), _gate(metadata), _usage(metadata)]
     return front + "\n\n" + "\n\n".join("\n".join(s) for s in sections if s) + "\n"

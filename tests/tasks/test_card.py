@@ -49,6 +49,13 @@ def test_card_says_what_the_model_is_and_how_to_load_it():
     assert 'pipeline("text-classification", model=' in card
 
 
+def test_a_taggers_card_says_tagger_and_loads_it_as_token_classification():
+    card = render_card({**METADATA, "task": "ner", "metric": "f1", "pipeline_tag": "token-classification",
+                        "metrics": {"overall": {"f1": 0.8}, "slices": {}}}, LINEAGE)
+    assert front_matter(card)["pipeline_tag"] == "token-classification"
+    assert "A named-entity tagger trained continually" in card and 'pipeline("token-classification", model=' in card
+
+
 def test_labels_are_listed_and_escaped():
     card = render_card(METADATA, LINEAGE)
     assert "2 labels" in card and "`freeze_account`" in card and "`card|declined`" in card
