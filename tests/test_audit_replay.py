@@ -88,12 +88,8 @@ def test_audit_rebuilds_a_promotion_and_names_what_differs(repo, tmp_path, toy, 
 
     # one byte of the second training batch, changed in the DVC cache and on the remote
     # (a cache-only change DVC heals by itself: fetch re-downloads an object whose hash fails)
-    manifest = json.loads(_cache_path(ws, meta["dvc_data_hash"]).read_text())
-    (entry,) = [e for e in manifest if e["relpath"].startswith(f"batches/{meta['batch_id']}/raw/")]
+    entry, honest = change_batch_in_cache(ws, meta, lambda raw: raw[:-2] + b"X\n")
     blob = _cache_path(ws, entry["md5"])
-    blob.chmod(0o644)
-    honest = blob.read_bytes()
-    blob.write_bytes(honest[:-2] + b"X\n")
     key = f"dvc/files/md5/{entry['md5'][:2]}/{entry['md5'][2:]}"
     s3_client().put_object(Bucket=s3_bucket, Key=key, Body=blob.read_bytes())
     flipped = cli.invoke(app, ["audit", "v0002", "--workspace", str(ws)])
@@ -105,6 +101,19 @@ def test_audit_rebuilds_a_promotion_and_names_what_differs(repo, tmp_path, toy, 
     changed = cli.invoke(app, ["audit", "v0002", "--workspace", str(ws), "--set", "train.lr=0.003"])
     assert changed.exit_code == 3, changed.output
     assert "DIFFERS param train.lr" in changed.output and "DIFFERS weights sha256" in changed.output
+
+
+def change_batch_in_cache(ws: Path, meta: dict, change) -> tuple[dict, bytes]:
+    """Rewrite the cached raw bytes of the version's batch with `change(raw)`; returns its
+    manifest entry (relpath, md5) and the honest bytes."""
+    manifest = json.loads(_cache_path(ws, meta["dvc_data_hash"]).read_text())
+    (entry,) = [e for e in manifest if e["relpath"].startswith(f"batches/{meta['batch_id']}/raw/")]
+    blob = _cache_path(ws, entry["md5"])
+    blob.chmod(0o644)
+    honest = blob.read_bytes()
+    blob.write_bytes(change(honest))
+    assert blob.read_bytes() != honest
+    return entry, honest
 
 
 def _cache_path(ws: Path, md5: str) -> Path:

@@ -6,8 +6,6 @@ file. The tiny model runs in the fast tier, the real MiniLM in the slow tier."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 from typer.testing import CliRunner
 
@@ -22,7 +20,7 @@ MINILM = {"model": {"base": "minilm", "max_length": 32}, "train": {"epochs": 8, 
 def test_a_tagger_promotion_passes_its_audit_and_a_changed_byte_fails_it(model, repo, tmp_path, prefect_server,
                                                                           one_torch_thread, monkeypatch):
     from conftest import toy_ner_frame
-    from test_audit_replay import audit_repo, commit_all
+    from test_audit_replay import audit_repo, change_batch_in_cache, commit_all
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the rebuild's stage processes, on a shared box
     ws = audit_repo(repo, tmp_path, {"task": {"type": "ner"}, "ner": {"min_sentences": 5},
@@ -41,17 +39,7 @@ def test_a_tagger_promotion_passes_its_audit_and_a_changed_byte_fails_it(model, 
     assert passed.exit_code == 0, passed.output
     assert passed.output.startswith("PASS") and "weights sha256" in passed.output
 
-    manifest = json.loads(_cache_path(ws, meta["dvc_data_hash"]).read_text())
-    (entry,) = [e for e in manifest if e["relpath"].startswith(f"batches/{meta['batch_id']}/raw/")]
-    blob = _cache_path(ws, entry["md5"])
-    blob.chmod(0o644)
-    honest = blob.read_bytes()
-    blob.write_bytes(honest.replace(b"alice", b"alicf", 1))
-    assert blob.read_bytes() != honest
+    entry, _ = change_batch_in_cache(ws, meta, lambda raw: raw.replace(b"alice", b"alicf", 1))
     failed = cli.invoke(app, ["audit", "v0001", "--workspace", str(ws)])
     assert failed.exit_code == 3, failed.output
     assert failed.output.startswith("FAIL") and f"data file {entry['relpath']}" in failed.output
-
-
-def _cache_path(ws: Path, md5: str) -> Path:
-    return ws / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
