@@ -59,6 +59,12 @@ class TaskKind(Protocol):
 KINDS: dict[str, TaskKind] = TASK_KINDS  # the one registry; params.yaml's task.type is checked against it
 
 
+def answers(loaded, probe: dict, what: str) -> str | None:
+    """A kind's smoke test: None when a loaded model (a Classifier/Tagger) answers `probe`
+    with one logit per label, else `what` it failed to load into."""
+    return None if loaded.model(**probe).logits.shape[-1] == len(loaded.labels) else what
+
+
 def register(kind: TaskKind) -> TaskKind:
     KINDS[kind.name] = kind
     return kind

@@ -21,7 +21,7 @@ from tasks.judge.evaluate import evaluate
 from tasks.train.finetune import SENTENCES
 from tasks.judge.gate_stats import Accuracy
 from tasks.intake.batch import Intake, Split, split_batch
-from tasks.kinds.base import register
+from tasks.kinds.base import answers, register
 from tasks.train.model import load_classifier
 from tasks.validate.checks import ValidationResult, validate_frame
 from tasks.core.workspace import Workspace
@@ -30,8 +30,7 @@ from tasks.core.workspace import Workspace
 def classifier_works(path: Path) -> str | None:
     """Load a stored sentence classifier and predict once; None when it works, else what it is."""
     clf = load_classifier(path)
-    probe = clf.tokenizer(["ratchet smoke test"], return_tensors="pt")
-    return None if clf.model(**probe).logits.shape[-1] == len(clf.labels) else "a working classifier"
+    return answers(clf, clf.tokenizer(["ratchet smoke test"], return_tensors="pt"), "a working classifier")
 
 
 @dataclass(frozen=True)

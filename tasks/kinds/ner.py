@@ -19,7 +19,7 @@ from tasks.core.config import GateConfig, Params
 from tasks.validate.context import PRODUCTION
 from tasks.judge.gate_stats import EntityF1
 from tasks.intake.batch import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, load_train
-from tasks.kinds.base import register
+from tasks.kinds.base import answers, register
 from tasks.ner.conll import parse_ner_bytes
 from tasks.ner.drift import detect_ner_drift
 from tasks.ner.evaluate import batch_types, evaluate_tagger
@@ -51,7 +51,7 @@ def tagger_works(path: Path) -> str | None:
     """Load a stored tagger and tag once; None when it works."""
     clf = load_tagger(path)
     probe = clf.tokenizer([["ratchet", "smoke", "test"]], is_split_into_words=True, return_tensors="pt")
-    return None if clf.model(**probe).logits.shape[-1] == len(clf.labels) else "a working tagger"
+    return answers(clf, probe, "a working tagger")
 
 
 @dataclass(frozen=True)
