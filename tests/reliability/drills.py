@@ -23,7 +23,7 @@ def make_production(root: Path, params: str, kind: str = "classification") -> tu
     are the exam. Returns (workspace, batch A id)."""
     from kinds.deliveries import DELIVERIES
     from tasks.core.config import load_params, with_overrides
-    from tasks.intake.batch import intake
+    from tasks.intake.batch import intake, store_split
     from tasks.kinds import get_kind
     from tasks.train.model import save_classifier
     from tasks.registry.store import Registry
@@ -37,6 +37,7 @@ def make_production(root: Path, params: str, kind: str = "classification") -> tu
     ws = Workspace.at(ws_path)
     got = intake(d.write(root / "a", d.batches[0], seed=1, slice_name="A", size=40), ws, parser=plug.parse)
     split, _ = plug.split(got.frame, got.batch_id, 0.2, ws, [])
+    store_split(split, got.batch_id, ws)  # as the flow's split step does
     start = with_overrides(load_params(ws.params_path), {"train.seed": 0})
     model, _, _ = plug.training.starting_point(None, split.train, start)  # the base, head over batch A's labels
     model_dir = save_classifier(model, root / "model")
