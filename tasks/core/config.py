@@ -145,6 +145,15 @@ class TrainConfig:
     freeze_layers: int = 0
     # optimizer steps between checkpoints (0 = none); a rerun resumes from the last one
     checkpoint_every: int = 100
+    # a small delivery still gets this many optimizer steps: epochs are added until it
+    # does (max_steps and early stopping still end training); 0 = `epochs` only
+    min_steps: int = 0
+    # learning rate of the task head (classifier rows) relative to `lr`: a freshly
+    # initialised head learns too slowly at the encoder's rate
+    head_lr_scale: float = 1.0
+    # learning rate of the encoder relative to `lr` when fine-tuning a promoted version
+    # (not the base model): a slower encoder forgets less (SLCA)
+    encoder_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)

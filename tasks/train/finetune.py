@@ -137,16 +137,18 @@ def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     the lineage's stored training rows, replayed instead of the buffer's. `training`: the
     task type's model-specific part (`SentenceTraining`, or a tagger's)."""
     out_dir, cfg, cols = Path(out_dir), params.train, training.columns
+    # the head gets every label of the delivery, also one whose only rows went to dev
+    delivered = train_rows if dev_rows is None else pd.concat([train_rows, dev_rows], ignore_index=True)
     train_rows, dev = dev_split(train_rows, dev_rows, share=cfg.dev_share, patience=cfg.early_stopping_patience,
                                 seed=cfg.seed)
-    clf, parent_buffer, new_labels = training.starting_point(champion_dir, train_rows, params)
+    clf, parent_buffer, new_labels = training.starting_point(champion_dir, delivered, params)
     buffer = derive_buffer(parent_buffer, params.replay.strategy, capacity=params.replay.capacity, seed=cfg.seed)
     pool = training.to_buffer(replay_pool) if replay_pool is not None else None
     replay = training.from_buffer(
         replay_sample(buffer, pool, int(round(params.replay.ratio * len(train_rows))), cfg.seed))
     rows = pd.concat([train_rows[cols], replay[cols]], ignore_index=True)
     data = TrainSet(rows, len(replay), None if dev is None else dev[cols],
-                    training.teacher(champion_dir, replay, params))
+                    training.teacher(champion_dir, replay, params), warm=champion_dir is not None)
     done = _finished(out_dir, fingerprint(clf, data, cfg, params.model, training.head))
     if done:
         return done

@@ -3,7 +3,8 @@
 `finetune` trains a classifier in place on new rows mixed with replayed rows (prepared
 by tasks/train/finetune.py). Batches are length-bucketed and padded per batch (short
 utterances are the common case, so this is most of the CPU speed); AdamW (fused where
-available) with linear warm-up/decay and gradient clipping; optional LwF distillation on
+available, head and encoder at their own learning rates) with linear warm-up/decay and
+gradient clipping; at least `train.min_steps` steps however small the batch; optional LwF distillation on
 replayed rows and frozen lower layers; early stopping on a dev split keeping the best
 epoch's weights; checkpoints every N steps that a rerun resumes from, bitwise.
 Device and precision are chosen in `pick_device` only. It knows nothing about Prefect.
@@ -43,6 +44,7 @@ class TrainSet:
     replay_rows: int = 0
     dev: pd.DataFrame | None = None     # early stopping; never trained on
     teacher: np.ndarray | None = None   # champion logits for the last len(teacher) rows (replayed)
+    warm: bool = False                  # starts from a promoted version (train.encoder_lr_scale applies)
 
     @property
     def new_rows(self) -> int:
@@ -111,15 +113,31 @@ def epoch_batches(lengths: np.ndarray, cfg: TrainConfig, epoch: int) -> list[np.
     return length_bucketed_batches(lengths, cfg.batch_size, np.random.default_rng([cfg.seed, epoch]))
 
 
+def planned_epochs(n_rows: int, cfg: TrainConfig) -> int:
+    """`train.epochs`, or more when that gives fewer than `train.min_steps` steps."""
+    per_epoch = max(math.ceil(n_rows / cfg.batch_size), 1)
+    return max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
+
+
 def planned_steps(n_rows: int, cfg: TrainConfig) -> int:
-    total = math.ceil(n_rows / cfg.batch_size) * cfg.epochs
+    total = math.ceil(n_rows / cfg.batch_size) * planned_epochs(n_rows, cfg)
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen layers get no state
-    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, warm: bool) -> torch.optim.Optimizer:
+    """AdamW over the trainable weights (frozen layers get no state): the encoder at
+    `lr` (x `encoder_lr_scale` when `warm`, i.e. from a promoted version), the head at
+    `lr` x `head_lr_scale`; no weight decay on biases and norms."""
+    encoder = {id(p) for p in model.base_model.parameters()}
+    scale = {True: cfg.encoder_lr_scale if warm else 1.0, False: cfg.head_lr_scale}
+    groups = []
+    for in_encoder in (True, False):
+        trainable = [p for p in model.parameters() if p.requires_grad and (id(p) in encoder) == in_encoder]
+        for decay in (True, False):
+            params = [p for p in trainable if (p.ndim >= 2) == decay]
+            if params:
+                groups.append({"params": params, "lr": cfg.lr * scale[in_encoder],
+                               "weight_decay": cfg.weight_decay if decay else 0.0})
     try:
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
     except (RuntimeError, TypeError):
@@ -173,7 +191,7 @@ SEQUENCE = SequenceLabels()
 def fingerprint(clf: Classifier, data: TrainSet, cfg: TrainConfig, model_cfg: ModelConfig, head=SEQUENCE) -> str:
     """Identifies the inputs of a run (starting weights included); a checkpoint or a
     finished candidate from other inputs is never reused."""
-    h = hashlib.sha256(json.dumps([asdict(cfg), asdict(model_cfg), clf.labels, data.replay_rows]).encode())
+    h = hashlib.sha256(json.dumps([asdict(cfg), asdict(model_cfg), clf.labels, data.replay_rows, data.warm]).encode())
     for name, tensor in clf.model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -286,8 +304,8 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
     freeze_lower_layers(model, cfg.freeze_layers)
     ids, labels = head.encode(clf, data.rows, model_cfg.max_length)
     lengths = np.array([len(x) for x in ids])
-    total = planned_steps(len(ids), cfg)
-    opt = _optimizer(model, cfg)
+    total, epochs = planned_steps(len(ids), cfg), planned_epochs(len(ids), cfg)
+    opt = build_optimizer(model, cfg, data.warm)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     dev = head.encode(clf, data.dev, model_cfg.max_length) if data.dev is not None and len(data.dev) else None
@@ -302,7 +320,7 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter() - loop["seconds"]
     bar = _progress(total, resumed)
-    while loop["epoch"] < cfg.epochs and not loop["stopped"]:
+    while loop["epoch"] < epochs and not loop["stopped"]:
         batches = epoch_batches(lengths, cfg, loop["epoch"])
         while loop["batch"] < len(batches) and loop["step"] < total:
             idx = batches[loop["batch"]]

@@ -14,7 +14,8 @@ import torch
 
 from tasks.core.config import ModelConfig, TrainConfig, load_params
 from tasks.train.finetune import TrainSet, finetune, pick_device, train_candidate
-from tasks.train.trainloop import length_bucketed_batches
+from tasks.train.model import freeze_lower_layers
+from tasks.train.trainloop import build_optimizer, length_bucketed_batches, planned_epochs, planned_steps
 from tasks.intake.batch import split_batch
 from tasks.train.model import load_base, load_classifier
 from tasks.train.replay import ReplayBuffer
@@ -301,3 +302,57 @@ def test_replay_from_the_lineage_pool_draws_from_the_pool_and_keeps_the_buffer_t
     assert got.equals(replay_sample(buffer, pool, 30, seed=7))  # seeded
     assert buffer.manifest()["rng_state"] == state  # the buffer's generator was not touched
     assert len(replay_sample(buffer, None, 30, seed=7)) == 10  # without a pool: the buffer, capped
+
+
+# --- training budget and learning rates (train.min_steps, head_lr_scale, encoder_lr_scale)
+
+def test_min_steps_adds_epochs_to_a_small_delivery_only(toy):
+    rows = toy(["weather", "music"], per_label=16)  # 32 rows: 2 steps an epoch at batch 16
+    cfg = TrainConfig(**{**FAST.__dict__, "epochs": 2, "min_steps": 11})
+    assert (planned_epochs(len(rows), cfg), planned_steps(len(rows), cfg)) == (6, 12)
+    report = finetune(load_base("tiny", ["weather", "music"], seed=0), TrainSet(rows), cfg=cfg, model_cfg=MODEL)
+    assert (report.epochs, report.steps) == (6, 12)
+    # a delivery with enough steps in `epochs` is trained as before; max_steps still caps
+    assert planned_steps(400, cfg) == math.ceil(400 / cfg.batch_size) * 2
+    assert planned_steps(len(rows), TrainConfig(**{**cfg.__dict__, "max_steps": 5})) == 5
+
+
+def _lrs(model, opt) -> dict[str, float]:
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    return {name: lr_of[id(p)] for name, p in model.named_parameters() if id(p) in lr_of}
+
+
+def test_head_and_encoder_learning_rates():
+    clf = load_base("tiny", ["weather", "music"], seed=0)
+    cfg = TrainConfig(**{**FAST.__dict__, "lr": 1e-3, "head_lr_scale": 10.0, "encoder_lr_scale": 0.1})
+    cold, warm = _lrs(clf.model, build_optimizer(clf.model, cfg, warm=False)), _lrs(clf.model, build_optimizer(clf.model, cfg, warm=True))
+    for name in cold:
+        head = name.startswith("classifier.")
+        assert cold[name] == pytest.approx(1e-2 if head else 1e-3), name
+        # the slower encoder applies only when fine-tuning a promoted version
+        assert warm[name] == pytest.approx(1e-2 if head else 1e-4), name
+    # frozen layers get no optimizer state
+    freeze_lower_layers(clf.model, 1)
+    assert not any(n.startswith("bert.embeddings") for n in _lrs(clf.model, build_optimizer(clf.model, cfg, warm=True)))
+
+
+def test_unit_scales_train_bitwise_like_one_learning_rate(toy):
+    """head_lr_scale = encoder_lr_scale = 1 is the plain optimizer: same weights, bit for bit."""
+    rows = toy(["weather", "music"], per_label=8)
+    got = []
+    for extra in ({}, {"head_lr_scale": 1.0, "encoder_lr_scale": 1.0}):
+        clf = load_base("tiny", ["weather", "music"], seed=0)
+        finetune(clf, TrainSet(rows, warm=True), cfg=TrainConfig(**{**FAST.__dict__, **extra}), model_cfg=MODEL)
+        got.append(clf.model.state_dict())
+    assert all(torch.equal(got[0][k], got[1][k]) for k in got[0])
+
+
+def test_a_label_only_in_the_dev_rows_still_gets_a_head_row(toy, workspace, tmp_path):
+    """A small delivery can leave a rare label's only rows in dev: the head must know it
+    (the dev loss needs its id), it just has no training rows."""
+    params = load_params(workspace / "params.yaml", {"train.epochs": 1, "train.early_stopping_patience": 1})
+    rows = split_batch(toy(["weather", "music"], per_label=10), "b-x", 0.3).train
+    dev = toy(["weather", "food"], per_label=2)
+    cand = train_candidate(champion_dir=None, train_rows=rows, dev_rows=dev, out_dir=tmp_path / "c", params=params)
+    assert cand.labels == ["food", "music", "weather"]
+    assert cand.train.dev_loss is not None
