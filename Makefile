@@ -1,6 +1,7 @@
 # Ratchet: two commands do all set-up on a fresh machine.
 #   make run    stream CLINC150 domains through the retrain flow with the real MiniLM (DOMAINS=10 for all),
-#               then `dvc repro` rebuilds the first promotion for audit
+#               then `dvc repro` rebuilds the first promotion for audit; a line per stage of each batch,
+#               the logs in reports/demo-<time>.log (VERBOSE=1 shows them instead)
 #   make test   the fast offline test tier (make test-all adds the slow tier)
 #   make bench  continual-learning, overhead and NER (CoNLL-2003) benchmarks, small scale (BENCH_SCALE=full for all data)
 # Both create .venv and install what they need the first time.
@@ -10,6 +11,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DOMAINS ?= 3
+VERBOSE ?=
+LOG     := reports/demo-$(shell date -u +%Y%m%dT%H%M%S).log
+QUIET   := $(if $(filter 1 yes true,$(VERBOSE)),--verbose,--log $(LOG))
 
 # dvc.yaml stages run `python -m tasks.<stage>`: that must be the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -38,9 +42,10 @@ $(STAMP): pyproject.toml
 # The demo, then the audit pipeline: `dvc repro` rebuilds the first promotion through
 # dvc.yaml and its promote stage checks the weights are the registered ones, bit for bit.
 # Afterwards `dvc repro` reports every stage up to date and `dvc plots show` renders.
+# Both append their logs to one reports/demo-<time>.log and print a few lines; VERBOSE=1 shows the logs.
 run: $(STAMP)
-	$(BIN)/ratchet demo --domains $(DOMAINS)
-	$(BIN)/dvc repro
+	$(BIN)/ratchet demo --domains $(DOMAINS) $(QUIET)
+	$(BIN)/python -m flows.console repro $(QUIET)
 	@$(BIN)/python -c "import json; r = json.load(open('build/promote/promotion.json')); \
 	  print('dvc repro of the first promotion:', r['status'], r['version'], '(build/promote/promotion.json)')"
 

@@ -262,13 +262,32 @@ def stream(out: Path = typer.Option(Path("data/landing/clinc150"), help="Where b
 @app.command()
 def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), help="CLINC150 domains to stream (1-10)."),
          workspace: Path = typer.Option(Path("."), help="Repository root to work in."),
-         set_: list[str] = typer.Option([], "--set", help="Override a param, e.g. train.epochs=1.")) -> None:
-    """Stream CLINC150 domains through the retrain flow and show what production knows."""
+         set_: list[str] = typer.Option([], "--set", help="Override a param, e.g. train.epochs=1."),
+         verbose: bool = typer.Option(False, "--verbose", help="Show the Prefect, transformers and DVC logs here "
+                                      "as they come, instead of in the log file."),
+         log: Optional[Path] = typer.Option(None, help="Log file, appended to (default: reports/demo-<time>.log "
+                                            "in the workspace).")) -> None:
+    """Stream CLINC150 domains through the retrain flow and show what production knows:
+    a line per stage of each batch, then a table; the full logs go to a file under reports/."""
     _quiet_defaults()
-    from flows.stream import production_scores, stream_clinc150
+    from flows.console import BatchLines, LogRoute, log_path
+    from flows.stream import clinc150_domains, production_scores, stream_clinc150  # Prefect's logging is set up
 
+    route = None if verbose else LogRoute(log or log_path(workspace))
+    # left in place until the process ends: the temporary Prefect server logs its stop at exit
+    terminal = route.start() if route else sys.stdout
+    out = Console(file=terminal, highlight=False, soft_wrap=True)
+    if route:
+        out.print(f"logs: {route.path} (--verbose shows them here)")
     started = time.perf_counter()
-    outcomes = stream_clinc150(domains=domains, workspace=str(workspace), overrides=_overrides(set_))
+    lines = BatchLines(terminal, total=min(domains, len(clinc150_domains())))
+    try:
+        outcomes = stream_clinc150(domains=domains, workspace=str(workspace), overrides=_overrides(set_),
+                                   on_batch=lines)
+    except BaseException:
+        if route:
+            route.stop()  # the error reaches the terminal
+        raise
     seconds = time.perf_counter() - started
     slices = list(dict.fromkeys(s for o in outcomes for s in production_scores(o)))  # arrival order
     table = Table(title=f"Production accuracy per slice after each batch ({seconds / 60:.1f} min)")
@@ -278,16 +297,16 @@ def demo(domains: int = typer.Option(int(os.environ.get("RATCHET_DOMAINS", 3)), 
         scores = production_scores(o)
         table.add_row(Path(o["batch"]).stem, o["status"], str(o["production"]),
                       *[f"{scores[s]:.3f}" if s in scores else "-" for s in slices])
-    Console(width=max(console.width, 240)).print(table)  # the table takes only what it needs
+    Console(file=terminal, width=max(out.width, 240)).print(table)  # the table takes only what it needs
     summary = {"seconds": round(seconds, 1), "domains": domains, "machine": _machine(), "outcomes": [
         {"batch": o["batch"], "status": o["status"], "production": o["production"],
          "attempts": len(o["details"].get("attempts") or []), "pending": o["details"].get("pending", []),
          "negative_flip_rate": (o["details"].get("flips") or {}).get("negative_rate"),
          "slices": production_scores(o)} for o in outcomes]}
-    out = Path(workspace) / "reports" / "demo_summary.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
-    console.print(f"summary: {out}")
+    path = Path(workspace) / "reports" / "demo_summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+    out.print(f"summary: {path}")
 
 
 @app.command()

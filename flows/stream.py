@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -70,13 +71,19 @@ from prefect import flow  # noqa: E402
 
 @flow(name="stream-clinc150", log_prints=True)
 def stream_clinc150(domains: int | list[str] = 3, workspace: str = ".", per_intent: int | None = None,
-                    overrides: dict | None = None) -> list[dict]:
-    """Deliver CLINC150 domains one by one to the retrain flow (the `make run` demo)."""
+                    overrides: dict | None = None,
+                    on_batch: Callable[[str, dict | None], None] | None = None) -> list[dict]:
+    """Deliver CLINC150 domains one by one to the retrain flow (the `make run` demo);
+    `on_batch` hears each file's name before its run, then the name and the outcome."""
     from flows.retrain import retrain
 
     landing = Path(workspace) / "data" / "landing" / "clinc150"
     outcomes = []
     for path in write_clinc150_batches(landing, domains, per_intent):
-        outcome = retrain(batch=str(path), workspace=workspace, overrides=overrides)
-        outcomes.append({"batch": path.name, **outcome})
+        if on_batch:
+            on_batch(path.name, None)
+        outcome = {"batch": path.name, **retrain(batch=str(path), workspace=workspace, overrides=overrides)}
+        if on_batch:
+            on_batch(path.name, outcome)
+        outcomes.append(outcome)
     return outcomes
