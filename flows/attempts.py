@@ -1,7 +1,8 @@
 """Attempts: fine-tune, examine and gate a candidate, retrying with stronger settings.
 
 The middle of the retrain flow (flows/retrain.py), for every task type. The champion is
-examined once; then attempt 0 trains with params.yaml as it is and, while the gate
+examined once, answering only the exam rows it has no stored answer for (tasks/judge/reuse.py);
+then attempt 0 trains with params.yaml as it is and, while the gate
 rejects and `remediation.max_attempts` and `remediation.time_budget_seconds` allow,
 attempt i trains with rung i of `remediation.ladder` applied on top (more replay,
 distillation, a frozen lower encoder...). Each attempt's scratch directory is keyed by
@@ -26,6 +27,7 @@ from tasks.judge.answers import lineage_answers
 from tasks.core.config import Params, attempt_params, params_hash
 from tasks.judge.evaluate import load_exam
 from tasks.judge.gate import flipped_rows
+from tasks.judge.reuse import Reuse
 from tasks.intake.batch import Split, load_train
 
 
@@ -50,18 +52,23 @@ class Exam:
     history: dict
     new_ids: list[str]
     learned: list[str]  # the batches production learned: the pool `replay.pool: lineage` draws from
+    reuse: Reuse | None = None  # how many of the champion's answers came from its store
 
 
 def examine_champion(run, champion_dir, batch_id: str, lineage: list[str], pending: list[str]) -> Exam:
     """The exam (every lineage batch's held-out rows plus this batch's) and the champion's
-    answers on it, once for all attempts. Pending batches were never learned: new rows."""
+    answers on it, once for all attempts: its stored ones where they are sound, the model's
+    on the other rows. Pending batches were never learned: new rows."""
     params = run.params
     # --force on a batch already in the lineage must not put its held-out rows in twice
     exam = load_exam(run.ws.exam_dir, [b for b in lineage if b != batch_id] + [batch_id])
     new_ids = [batch_id, *[b for b in pending if b != batch_id]]
-    champ = evaluate_task(run.kind, champion_dir, exam, new_ids, params) if run.champion else None
+    champ, reuse = evaluate_task(run.kind, champion_dir, exam, new_ids, params, params.evaluate.reuse_answers) \
+        if run.champion else (None, None)
+    if reuse:
+        get_run_logger().info("champion answers: %s", reuse.summary())
     history = lineage_answers(run.reg, run.champion)
-    return Exam(exam, champ, history, new_ids, [b for b in lineage if b not in new_ids])
+    return Exam(exam, champ, history, new_ids, [b for b in lineage if b not in new_ids], reuse)
 
 
 def _attempt(run, params: Params, champion_dir, split: Split, batch_id: str, exam: Exam):
@@ -69,7 +76,7 @@ def _attempt(run, params: Params, champion_dir, split: Split, batch_id: str, exa
     pool = load_train(exam.learned, run.ws) if params.replay.pool == "lineage" and exam.learned else None
     candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / key, params, split.dev, pool,
                               training=run.kind.training)
-    sheets = evaluate_task(run.kind, candidate.path, exam.rows, exam.new_ids, params)
+    sheets, _ = evaluate_task(run.kind, candidate.path, exam.rows, exam.new_ids, params)
     decision = gate_task(sheets, exam.champion, params.gate, params.train.seed, exam.history,
                          run.kind.statistic(params.gate))
     return candidate, sheets, decision
@@ -120,6 +127,7 @@ def _write_reports(run, judged: Judged, exam: Exam) -> None:
         "gate": decision.to_dict(), "gate_table": decision.markdown(), "attempts": judged.attempts,
         "flips": _flip_summary(decision, run_dir / "flips.csv" if flips else None),
         "candidate_scores": sheets["all"], "champion_scores": exam.champion["all"] if exam.champion else None,
+        "champion_answers": exam.reuse.to_dict() | {"summary": exam.reuse.summary()} if exam.reuse else None,
         # texts over model.max_length tokens are cut to it, in training and in the exam
         "truncated_texts": {"max_length": run.params.model.max_length, "train": candidate.train.truncated_texts,
                             "exam": sheets["truncated_texts"]},

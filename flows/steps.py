@@ -23,6 +23,7 @@ from tasks.core.workspace import Workspace
 from tasks.intake.batch import Intake, Split, intake, store_split
 from tasks.intake.landing import Arrival, arrivals
 from tasks.judge.gate import ACCURACY, GateDecision, decide
+from tasks.judge.reuse import Reuse, examine
 from tasks.kinds import TaskKind
 from tasks.registry.registry_s3 import Mirror, publish
 from tasks.registry.store import Registry, register_and_promote
@@ -63,8 +64,10 @@ def finetune_task(champion_dir, train_rows: pd.DataFrame, out_dir, params, dev_r
 
 
 @task(name="evaluate")
-def evaluate_task(kind: TaskKind, model_dir, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
-    return kind.evaluate(model_dir, exam, new_ids, params)
+def evaluate_task(kind: TaskKind, model_dir, exam: pd.DataFrame, new_ids: list[str], params: Params,
+                  reuse: bool = False) -> tuple[dict, Reuse]:
+    """The sheets, and how many rows came from the answers stored with the model (`reuse`)."""
+    return examine(kind, model_dir, exam, new_ids, params, reuse)
 
 
 @task(name="gate")

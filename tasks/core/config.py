@@ -159,6 +159,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = 128
+    # the champion answers only the exam rows it has no stored answer for (tasks/judge/reuse.py);
+    # false: it answers every row again. The score sheets are the same either way.
+    reuse_answers: bool = True
 
 
 @dataclass(frozen=True)
@@ -406,5 +409,7 @@ def params_hash(params: Params) -> str:
     for name, default in (("task", TaskConfig()), ("ner", NerConfig())):
         if getattr(params, name) == default:  # hashes of runs from before these sections stay the same
             raw.pop(name)
+    if params.evaluate.reuse_answers:  # the default, and no result depends on it: old hashes stay
+        raw["evaluate"].pop("reuse_answers")
     blob = json.dumps(raw, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

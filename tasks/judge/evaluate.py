@@ -78,16 +78,27 @@ def sheet(exam: pd.DataFrame, pred: pd.Series) -> dict:
 
 
 def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str | list[str], *,
-             batch_size: int, max_length: int) -> dict:
+             batch_size: int, max_length: int, known: dict[int, str] | None = None) -> dict:
     """Sheets for the whole exam ("all"), the exam before this batch ("old", None when it
     was empty) and this batch's held-out rows ("new"), and how many exam texts were longer
-    than `max_length` tokens and judged on their truncated start. `clf` None = no model yet."""
+    than `max_length` tokens and judged on their truncated start. `clf` None = no model yet.
+    `known`: this model's answers already given on some rows (position: label), not asked again."""
     exam = exam.reset_index(drop=True)
     if clf is None or exam.empty:
         return sheets(exam, [""] * len(exam), new_batch_id, truncated=0)
     texts = list(exam["text"])
-    return sheets(exam, predict(clf, texts, batch_size=batch_size, max_length=max_length), new_batch_id,
-                  truncated=count_truncated(clf.tokenizer, texts, max_length))
+    predicted = fill_in(known, len(texts),
+                        lambda at: predict(clf, [texts[i] for i in at], batch_size=batch_size, max_length=max_length))
+    return sheets(exam, predicted, new_batch_id, truncated=count_truncated(clf.tokenizer, texts, max_length))
+
+
+def fill_in(known: dict[int, object] | None, n: int, answer) -> list:
+    """One answer per exam row: the `known` ones (position: answer) as given, and for the
+    others `answer(positions)` (the model's answers on those rows, in that order)."""
+    known = known or {}
+    todo = [i for i in range(n) if i not in known]
+    got = dict(zip(todo, answer(todo))) if todo else {}
+    return [known[i] if i in known else got[i] for i in range(n)]
 
 
 def row_keys(exam: pd.DataFrame) -> list[str]:

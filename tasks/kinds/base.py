@@ -42,9 +42,13 @@ class TaskKind(Protocol):
               metadata: dict | None, out_dir: Path):
         """The drift result the retrain policy reads (drifted, quality_dropped, headline())."""
 
-    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
+    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params,
+                 known: dict[int, str] | None = None) -> dict:
         """Score sheets "all" / "old" / "new" ({"overall", "slices", "batches"}) and "rows"
-        (per-row outcomes: the statistic's columns, correct, pred, slice, key, is_new)."""
+        (per-row outcomes: the statistic's columns, correct, pred, slice, key, is_new).
+        `known`: this model's answers on some rows, by position in `exam`, as "pred" holds
+        them (its stored answers, tasks/judge/reuse.py): the model runs only on the other
+        rows, and the sheets are those it would give answering every row."""
 
     def statistic(self, cfg: GateConfig):
         """What the gate tests (tasks/judge/gate_stats.py Accuracy, EntityF1)."""

@@ -59,9 +59,11 @@ class Classification:
                                  max_length=params.model.max_length) if reference is not None else None
         return detect_drift(rows, reference, params.drift, out_dir, params.train.seed, champion)
 
-    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
+    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params,
+                 known: dict[int, str] | None = None) -> dict:
         clf = load_classifier(model_dir) if model_dir is not None else None
-        return evaluate(clf, exam, new_ids, batch_size=params.evaluate.batch_size, max_length=params.model.max_length)
+        return evaluate(clf, exam, new_ids, batch_size=params.evaluate.batch_size, max_length=params.model.max_length,
+                        known=known)
 
     def statistic(self, cfg: GateConfig) -> Accuracy:
         return Accuracy()

@@ -94,11 +94,12 @@ class Ner:
                                 seed=params.train.seed, max_length=params.model.max_length,
                                 recorded_f1=recorded_f1(metadata))
 
-    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
+    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params,
+                 known: dict[int, str] | None = None) -> dict:
         clf = load_tagger(model_dir) if model_dir is not None else None
         # each sentence is scored on the entity types its own batch annotates
         return evaluate_tagger(clf, exam, new_ids, batch_size=params.evaluate.batch_size,
-                               max_length=params.model.max_length, annotated=batch_types(exam))
+                               max_length=params.model.max_length, annotated=batch_types(exam), known=known)
 
     def statistic(self, cfg: GateConfig) -> EntityF1:
         return EntityF1(n_resamples=cfg.n_resamples)

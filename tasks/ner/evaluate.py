@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.judge.evaluate import row_keys
+from tasks.judge.evaluate import fill_in, row_keys
 from tasks.train.model import Classifier
 from tasks.ner.model import encode_words, first_subword_positions
 from tasks.ner.tags import spans, types_of
@@ -86,17 +86,21 @@ def _sheet(per: list[dict[str, Counter]], exam: pd.DataFrame) -> dict:
 
 
 def evaluate_tagger(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str | list[str], *, batch_size: int,
-                    max_length: int, annotated: dict[str, set[str]] | None = None) -> dict:
+                    max_length: int, annotated: dict[str, set[str]] | None = None,
+                    known: dict[int, str] | None = None) -> dict:
     """Score sheets as for a classifier (tasks/judge/evaluate.py): "all", "old" (None when the
     exam had no old rows), "new" (each {"overall", "slices", "batches"}), and "rows": per
     sentence tp/fp/fn (the types its batch annotates), correct (1 when every entity was
     found exactly and nothing else), the predicted tags, slice, key and is_new, for the
     gate. `new_batch_id` may list several batches (pending ones are new too). `clf` None
-    (no champion) scores as predicting nothing."""
+    (no champion) scores as predicting nothing. `known`: this tagger's answers already given
+    on some sentences (position: tags joined by spaces, as "pred" holds them), not asked again."""
     exam = exam.reset_index(drop=True)
     sentences = [list(t) for t in exam["tokens"]]
-    preds = (predict_tags(clf, sentences, batch_size=batch_size, max_length=max_length) if clf is not None
-             else [["O"] * len(s) for s in sentences])
+    given = {i: str(p).split() for i, p in (known or {}).items()}  # IOB2 tags hold no spaces
+    preds = (fill_in(given, len(sentences), lambda at: predict_tags(clf, [sentences[i] for i in at],
+                                                                   batch_size=batch_size, max_length=max_length))
+             if clf is not None else [["O"] * len(s) for s in sentences])
     annotated = annotated if annotated is not None else batch_types(exam)
     per = [counts(list(g), p, annotated.get(str(b))) for g, p, b in zip(exam["tags"], preds, exam["batch_id"])]
     new_ids = [new_batch_id] if isinstance(new_batch_id, str) else list(new_batch_id)

@@ -12,7 +12,10 @@ through the whole flow on a temporary Prefect server, once per kind (module fixt
 - a candidate the gate rejects leaves production untouched and its batch pending;
 - lineage, `ratchet status`, `ratchet models list` and the model card show the kind's
   metric with a number; `ratchet validate` and `ratchet drift` read its files;
-- a fine-tune SIGKILLed mid-training resumes to bitwise-identical weights.
+- a fine-tune SIGKILLed mid-training resumes to bitwise-identical weights;
+- the champion answers only the exam rows it has no stored answer for, with the very
+  sheets and gate decision of answering every row, and a store that does not fit the
+  exam is not used.
 
 Kind-specific behaviour (CoNLL conversion, IOB2 repair, per-entity-type scores, the
 text classifier's per-label scores and S3 mirror) stays in test_retrain.py and
@@ -321,6 +324,88 @@ def test_a_sigkilled_fine_tune_resumes_to_bitwise_identical_weights(delivered, t
 
     again = train_candidate(out_dir=out, on_step=crash_at(1), **kw)  # finished: reused, not retrained
     assert again.train.inputs_sha256 == resumed.train.inputs_sha256
+
+
+# --- the champion's stored answers -------------------------------------------------------
+
+def _exam_rows(delivered, *names: str) -> dict[str, int]:
+    return {n: len(pd.read_parquet(delivered.ws / "data" / "exam" / f"{delivered.outcomes[n]['batch_id']}.parquet"))
+            for n in names}
+
+
+def test_the_champion_answers_only_the_new_rows_and_the_gate_decides_the_same(delivered, tmp_path):
+    """The rejected third delivery was judged against v0002 answering from its stored answers
+    on the first two batches' held-out rows and running only on the third's; judged again
+    with every row answered (evaluate.reuse_answers false), every check row is the same."""
+    rejected = delivered.outcomes["rejected"]
+    rows = _exam_rows(delivered, "first", "second", "rejected")
+    reused, computed = rows["first"] + rows["second"], rows["rejected"]
+    assert rejected["details"]["champion_answers"] == {
+        "reused": reused, "computed": computed, "recomputed_because": None,
+        "summary": f"reused {reused} rows, computed {computed}"}
+    work = tmp_path / "ws"
+    shutil.copytree(delivered.ws, work, symlinks=True)
+    again = retrain(batch=str(delivered.files["c"]), workspace=str(work), force=True,
+                    overrides={**REJECTING, "evaluate.reuse_answers": False})
+    assert again["status"] == "rejected", again["reasons"]
+    how = again["details"]["champion_answers"]
+    assert (how["reused"], how["computed"]) == (0, reused + computed) and "reuse_answers" in how["recomputed_because"]
+    for key in ("gate", "gate_table", "champion_scores", "candidate_scores", "flips"):
+        if key == "flips":
+            strip = lambda f: {k: v for k, v in f.items() if k != "rows_file"}  # noqa: E731  paths differ
+            assert strip(again["details"][key]) == strip(rejected["details"][key])
+        else:
+            assert again["details"][key] == rejected["details"][key], key
+
+
+def test_reused_answers_give_the_very_sheets_and_a_store_that_does_not_fit_is_not_used(delivered, tmp_path):
+    from tasks.core.config import load_params
+    from tasks.judge.answers import ANSWERS_FILE, CONTENT, lineage_answers
+    from tasks.judge.evaluate import load_exam
+    from tasks.judge.gate import decide
+    from tasks.judge.reuse import examine
+
+    kind, reg = delivered.kind, delivered.reg
+    params = load_params(delivered.ws / "params.yaml")
+    stat = kind.statistic(params.gate)
+    ids = [delivered.outcomes[n]["batch_id"] for n in ("first", "second", "rejected")]
+    exam, new = load_exam(delivered.ws / "data" / "exam", ids), ids[-1:]
+    champion = tmp_path / "v0002"  # a copy: the registry's own stays sealed
+    shutil.copytree(reg.path("v0002"), champion)
+    full, _ = examine(kind, champion, exam, new, params, reuse=False)
+    reused, how = examine(kind, champion, exam, new, params, reuse=True)
+    old = sum(_exam_rows(delivered, "first", "second").values())
+    assert (how.reused, how.computed, how.recomputed_because) == (old, len(exam) - old, None)
+    assert reused == full  # every sheet: all / old / new, overall, slices, batches, rows
+    candidate, _ = examine(kind, reg.path("v0001"), exam, new, params)  # any other model's sheets
+    history = lineage_answers(reg, "v0002")
+    judged = [decide(candidate, champ, params.gate, 7, history, stat).to_dict() for champ in (reused, full)]
+    assert judged[0] == judged[1] and judged[0]["checks"]
+
+    stored = pd.read_parquet(champion / ANSWERS_FILE)
+    assert CONTENT in stored.columns
+    right = stored.index[stored["correct"] == 1][0]  # a row it answered right
+    at = stored.index == right
+    misfits = {
+        "differ from the rows": stored.assign(**{CONTENT: stored[CONTENT].where(~at, "0" * 16)}),
+        "is not what their stored answers score": stored.assign(pred=stored["pred"].where(~at, "")),
+        "lack content": stored.drop(columns=[CONTENT]),
+        f"lack {stat.columns[-1]}": stored.drop(columns=[stat.columns[-1]]),
+        "no stored answers": None,
+    }
+    for why, table in misfits.items():
+        if table is None:
+            (champion / ANSWERS_FILE).unlink()
+        else:
+            table.to_parquet(champion / ANSWERS_FILE, index=False)
+        got, how = examine(kind, champion, exam, new, params, reuse=True)
+        assert (how.reused, how.computed) == (0, len(exam)) and why in how.recomputed_because, (why, how)
+        assert got == full, why
+    stored.to_parquet(champion / ANSWERS_FILE, index=False)  # the store as sealed, an exam row changed
+    changed = exam.assign(slice=exam["slice"].where(exam.index != 0, "Z"))
+    got, how = examine(kind, champion, changed, new, params, reuse=True)
+    assert how.reused == 0 and "differ from the rows" in how.recomputed_because
+    assert got == examine(kind, champion, changed, new, params)[0]
 
 
 # --- the config knows the kinds only through the registry --------------------------------

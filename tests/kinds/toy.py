@@ -108,10 +108,11 @@ class Toy(Classification):
     def parse(self, raw: bytes, name: str, encoding: str) -> pd.DataFrame | None:
         return parse_lines(raw, name, encoding)
 
-    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params) -> dict:
+    def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params,
+                 known: dict[int, str] | None = None) -> dict:
         """The classifier's sheets (accuracy, macro-F1, per label) with balanced accuracy
         added to every overall, slice and batch score, and `positive` to the rows."""
-        sheets = super().evaluate(model_dir, exam, new_ids, params)
+        sheets = super().evaluate(model_dir, exam, new_ids, params, known)
         exam = exam.reset_index(drop=True)
         rows = sheets["rows"]
         rows["positive"] = (exam["label"].astype(str) == POSITIVE).astype(int).tolist()

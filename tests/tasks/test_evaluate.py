@@ -235,3 +235,17 @@ def test_per_label_scores_by_hand_per_slice_and_batch():
     for part in per["slices"].values():
         assert sum(s["support"] for s in part.values()) == 3
     assert sheet(exam_frame([]), pd.Series([], dtype=str))["per_label"]["overall"] == {}
+
+
+def test_evaluate_with_known_answers_asks_the_model_only_the_other_rows(stub, tokenizer, monkeypatch):
+    """A champion's stored answers stand for its predictions on their rows: the sheets are
+    those of predicting every row, and only the rest are predicted."""
+    import tasks.judge.evaluate as ev
+
+    exam = _exam(tokenizer)
+    whole = evaluate(stub, exam, "b-new", batch_size=5, max_length=16)
+    asked = []
+    monkeypatch.setattr(ev, "predict", lambda clf, texts, **kw: asked.extend(texts) or predict(clf, texts, **kw))
+    known = {i: whole["rows"]["pred"][i] for i in range(12)}
+    assert evaluate(stub, exam, "b-new", batch_size=5, max_length=16, known=known) == whole
+    assert asked == list(exam["text"][12:])
