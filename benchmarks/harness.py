@@ -18,6 +18,7 @@ the new batch's rows. The flow, which starts afresh for every batch, runs it on 
 
 from __future__ import annotations
 
+import json
 import inspect
 import resource
 import shutil
@@ -184,6 +185,9 @@ def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: s
                             "attempts": tried, "pending": [b.name for b in stream.pending],
                             "new_rows": cand.train.new_rows, "replay_rows": cand.train.replay_rows,
                             "train_samples": cand.train.samples, "train_s": cand.train.seconds})
+        # one line a batch: a run stopped before its strategy ends still says how far it got
+        print(json.dumps({"batch_done": run.batches[-1], "samples": run.samples,
+                          "wall_s": round(time.perf_counter() - started, 1)}), flush=True)
     answers.forget(stream.champion)
     run.wall_s = time.perf_counter() - started
     run.peak_mem_mb = peak_mem_mb()
