@@ -18,8 +18,8 @@ the new batch's rows. The flow, which starts afresh for every batch, runs it on 
 
 from __future__ import annotations
 
-import json
 import inspect
+import json
 import resource
 import shutil
 import time
