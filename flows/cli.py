@@ -8,6 +8,7 @@ lists or drops the batches waiting to be learned.
 without training. `ratchet demo` streams CLINC150 domains through the flow and prints what production
 knows after each one. `ratchet models ...` reads and moves registry aliases;
 `ratchet rollback` and `ratchet status` are the two an operator reaches for first.
+`ratchet notify-landed FILE` tells the Prefect server a file landed (its retrain trigger starts a run).
 """
 
 from __future__ import annotations
@@ -340,6 +341,50 @@ def watch(workspace: Path = typer.Option(Path("."), help="Repository root to wor
         console.print("no new batches")
 
 
+@app.command("notify-landed")
+def notify_landed(file: str = typer.Argument(..., help="The delivered batch file: a path or s3://bucket/key."),
+                  workspace: Path = typer.Option(Path("."), help="Repository root the batch belongs to.")) -> None:
+    """Emit `ratchet.batch.landed` for FILE: the served retrain deployment's trigger starts a
+    run on it within seconds (exit 2 without PREFECT_API_URL or when FILE is missing, 1 when
+    the server cannot be reached)."""
+    from flows import events
+    from tasks.core.storage import is_s3
+    from tasks.intake.batch import batch_id_of
+
+    if not events.enabled():
+        console.print("[red]error:[/] PREFECT_API_URL is not set: no Prefect server would hear the event")
+        raise typer.Exit(2)
+    if not is_s3(file) and not Path(file).is_file():
+        console.print(f"[red]error:[/] no such file: {file}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2)
+    source = file if is_s3(file) else str(Path(file).resolve())  # the run reads it from the runner's cwd
+    batch_id = None if is_s3(file) else batch_id_of(source)
+    try:
+        event_id = events.send(events.LANDED, workspace, events.landed(source, batch_id, "notify-landed"),
+                               batch_id=batch_id, **{events.START_RUN: "true"})
+    except Exception as exc:  # the server is down or refuses us
+        console.print(f"[red]event not sent:[/] {type(exc).__name__}: {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1)
+    console.print(f"{events.LANDED} {source} (batch {batch_id or '?'}, event {event_id})", soft_wrap=True,
+                  highlight=False)
+
+
+def _announce(workspace: Path, event: str, version: str, previous: str | None, reason: str | None, by: str) -> None:
+    """After a manual production move: its event, when a server listens (never fatal)."""
+    from flows import events
+
+    if not events.enabled():
+        return
+    reg = _registry(workspace)
+    batch_id = reg.metadata(version).get("batch_id")
+    try:
+        events.send(event, workspace, events.moved(version, previous, reason, by, batch_id, reg.root),
+                    batch_id=batch_id, version=version)
+    except Exception as exc:  # the move stands; only the notification is lost
+        console.print(f"[yellow]event {event} not sent:[/] {type(exc).__name__}: {exc}", soft_wrap=True,
+                      highlight=False)
+
+
 def _machine() -> dict:
     import platform
 
@@ -402,13 +447,18 @@ def models_promote(version: str, workspace: Path = typer.Option(Path(".")),
     """Point production at VERSION (it must pass its integrity check)."""
     from tasks.registry.store import RegistryError
 
+    reg = _registry(workspace)
+    current = reg.resolve("production")
     try:
         with _alias_lock(workspace):
-            _registry(workspace).promote(version, reason)
+            reg.promote(version, reason)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
     console.print(f"production -> {version}")
+    from flows.events import PROMOTED
+
+    _announce(workspace, PROMOTED, version, current, reason, "ratchet models promote")
     _publish(workspace, version, reason)
 
 
@@ -427,6 +477,9 @@ def rollback(workspace: Path = typer.Option(Path("."), help="Repository root to 
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
     console.print(f"production -> {version} (was {current})")
+    from flows.events import ROLLED_BACK
+
+    _announce(workspace, ROLLED_BACK, version, current, reason, "ratchet rollback")
     _publish(workspace, version, reason)
 
 

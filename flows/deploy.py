@@ -3,7 +3,10 @@
 `ratchet serve` (or `python -m flows.deploy`) serves three deployments from one process:
 
 - `retrain/ratchet-retrain`: the retrain flow, for data-team triggered runs
-  (`prefect deployment run retrain/ratchet-retrain --param batch=PATH`);
+  (`prefect deployment run retrain/ratchet-retrain --param batch=PATH`), and started by
+  its trigger on each `ratchet.batch.landed` event of this workspace that asks for a run
+  (`ratchet notify-landed FILE`, a storage-notification relay): the event's `file` is
+  the `batch` parameter;
 - `sweep-landing/ratchet-nightly`: on `ops.schedule_cron`, every batch waiting in the
   landing zone is retrained, one after another in arrival order;
 - `sweep-landing/ratchet-watch`: the same sweep every `ops.watch_interval_seconds`, so a
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows import events
 from flows.retrain import retrain
 from tasks.core.config import load_params
 from flows.steps import arrivals_task
@@ -81,6 +85,9 @@ def sweep_landing(workspace: str = ".", landing: str | None = None, fan_out: boo
         logger.info("landing %s: %d file(s), %d new batch(es)", landing, len(found), len(new))
         for arrival in new:
             ledger.claim(arrival)  # on disk before the run starts
+            # announced, not a request: this sweep runs it (START_RUN "false": the trigger ignores it)
+            events.emit(events.LANDED, ws.root, events.landed(arrival.path, arrival.batch_id, "watch"),
+                        batch_id=arrival.batch_id, **{events.START_RUN: "false"})
             if fan_out:
                 ledger.update(arrival.batch_id, status="triggered", flow_run_id=_trigger(arrival, ws, retrain_deployment))
             elif not _run_inline(arrival, ws, ledger):
@@ -90,6 +97,21 @@ def sweep_landing(workspace: str = ".", landing: str | None = None, fan_out: boo
         raise RuntimeError(f"sweep: {len(failed)} batch(es) failed unexpectedly: {', '.join(failed)} "
                            f"(see {ws.root / '.ratchet' / 'landing-ledger.json'})")
     return handled
+
+
+def landed_trigger(workspace: str | Path = "."):
+    """The retrain deployment's trigger: one run per `ratchet.batch.landed` event of this
+    workspace labelled `ratchet.start-run: "true"`, its `file` as the `batch` parameter
+    (the deployment's own `workspace` parameter is kept). A burst of events for one file
+    starts several runs; the flow makes every one but the first a no-op (flows/retrain.py)."""
+    from prefect.events import DeploymentEventTrigger
+
+    resource = events.workspace_resource_id(workspace)
+    return DeploymentEventTrigger(
+        name=f"ratchet-landed-{resource.rsplit('.', 1)[1]}", expect={events.LANDED},
+        match={"prefect.resource.id": resource, events.START_RUN: "true"},
+        parameters={"batch": "{{ event.payload.file }}"},
+        description=f"retrain on every file landed in {Path(workspace).resolve()} (ratchet notify-landed)")
 
 
 def deployments(workspace: str | Path = "."):
@@ -105,7 +127,8 @@ def deployments(workspace: str | Path = "."):
     common = {"parameters": {"workspace": str(ws.root)}, "tags": ["ratchet"],
               "entrypoint_type": EntrypointType.MODULE_PATH}
     built = [
-        retrain.to_deployment(RETRAIN, description="Retrain on one batch: --param batch=PATH", **common),
+        retrain.to_deployment(RETRAIN, description="Retrain on one batch: --param batch=PATH, or on a landed event",
+                              triggers=[landed_trigger(ws.root)], **common),
         sweep_landing.to_deployment(NIGHTLY, schedules=[Cron(ops.schedule_cron, timezone=ops.timezone)],
                                     concurrency_limit=one_sweep, description="Every waiting batch, in arrival order",
                                     **common),

@@ -16,6 +16,9 @@ temporary server a plain `ratchet retrain` starts runs none of those services an
 its database in ~/.prefect, so a run killed while holding the slot (the very case
 checkpoints and resume exist for) would block every later run. The kernel releases a
 flock when its process dies, whatever the cause.
+
+`batch_claim` is the per-batch lock the flow takes first: a second run for a batch that
+a run is training right now does nothing.
 """
 
 from __future__ import annotations
@@ -92,3 +95,23 @@ def promotion_lock(models_dir: Path, limit_name: str, timeout_seconds: int) -> I
         left = None if timeout is None else max(timeout - (time.monotonic() - started), 1.0)
         stack.enter_context(file_lock(models_dir / ".promote.lock", left))
         yield
+
+
+@contextmanager
+def batch_claim(root: Path, batch_id: str) -> Iterator[bool]:
+    """An exclusive flock on `.ratchet/running/<batch id>.lock`, not waited for: True while
+    this run is the only one on the batch, False when another run holds it (a burst of
+    landed events for one file). The kernel releases it when its holder dies, so a killed
+    run is resumed by the next one."""
+    path = Path(root) / ".ratchet" / "running" / f"{batch_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

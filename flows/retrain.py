@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ from flows.steps import (drift_task, intake_task, promote_task, publish_task, re
 from tasks.judge.answers import write_answers
 from tasks.audit.record import promotion_metadata, record_data
 from tasks.core.config import Params, load_params
-from tasks.intake.batch import Intake, Split, batch_id_of, is_known, load_train, mark_decided
+from tasks.intake.batch import Intake, Split, batch_id_of, is_decided, load_train, mark_decided
 from tasks.kinds import TaskKind, get_kind
-from flows.lock import promotion_lock
-from flows.notify import publish
+from flows import events
+from flows.lock import batch_claim, promotion_lock
+from flows.notify import publish, report_paths
 from tasks.drift.policy import add_pending, clear_pending, decide, load_pending
 from tasks.validate.quarantine import quarantine_batch, quarantine_rows
 from tasks.registry.store import Registry, RegistryError
@@ -82,14 +84,19 @@ class Run:
                        production=production, details=self.details)
 
 
-def _finish(outcome: Outcome, run: Run) -> dict:
+def _finish(outcome: Outcome, run: Run, decided: bool = True) -> dict:
+    """decision.json, the batch marked decided (not when `decided` is False: another run
+    has it in hand), artifacts + webhook, and the events of what changed."""
     run_dir = run.ws.run_dir(outcome.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "decision.json").write_text(json.dumps(outcome.to_dict(), indent=2, default=str))
-    if outcome.status != "quarantined":
+    if decided and outcome.status != "quarantined":
         mark_decided(outcome.batch_id, run.ws, outcome.status, outcome.run_id)
     get_run_logger().info("batch %s: %s (%s)", outcome.batch_id, outcome.status, "; ".join(outcome.reasons))
     publish(outcome.to_dict(), run_dir, run.params.ops.webhook_url)  # Prefect artifacts + webhook
+    previous = run.champion if outcome.status == "promoted" else None  # the champion it replaced
+    for name, payload in events.decision(outcome.to_dict(), report_paths(outcome.to_dict(), run_dir), previous):
+        events.emit(name, run.ws.root, payload, batch_id=outcome.batch_id, version=outcome.version)
     return outcome.to_dict()
 
 
@@ -209,26 +216,48 @@ def retrain(batch: str, workspace: str = ".", force: bool = False,
     ws = Workspace.at(workspace)
     reg = Registry(ws.models_dir)
     params = load_params(ws.params_path, overrides)
-    recovered = reg.recover()  # what a run killed mid-move left half done
     run = Run(ws=ws, params=params, reg=reg, champion=reg.resolve("production"), source=str(batch))
+    batch_id = batch_id_of(batch, params.validate.s3_endpoint or None)  # streamed: the file may be huge
+    with batch_claim(ws.root, batch_id) as mine:
+        if not mine:  # a burst of landed events for one file: another run has this batch in hand
+            run.run_id = f"{_stamp()}-{batch_id}-busy-{uuid.uuid4().hex[:6]}"  # both may start in one second
+            why = f"batch {batch_id} is being trained by another run right now; this run does nothing"
+            return _finish(run.outcome("skipped", batch_id, [why]), run, decided=False)
+        return _learn(run, batch, batch_id, force)
+
+
+def _learn(run: Run, batch: str, batch_id: str, force: bool) -> dict:
+    """The path of one batch, once this run holds its claim."""
+    ws = run.ws
+    recovered = run.reg.recover()  # what a run killed mid-move left half done
+    run.champion = run.reg.resolve("production")
     if recovered:
         run.details["recovered"] = recovered
         get_run_logger().warning("registry recovered: %s", "; ".join(recovered))
     if run.champion:  # a damaged production is never drifted against, trained from or judged by
-        reg.checked_path(run.champion)
-    known = is_known(batch, ws, run.params.validate.s3_endpoint or None)
-    if known and not force:
-        run.run_id = f"{_stamp()}-{known}"
-        why = (f"batch {known} is already pending: the next retrain trains on it" if known in load_pending(ws.data_dir)
-               else f"batch {known} was already accepted; use --force to train on it again")
-        return _finish(run.outcome("skipped", known, [why]), run)
+        run.reg.checked_path(run.champion)
+    if is_decided(batch_id, ws) and not force:  # the same bytes, already decided: nothing to do
+        run.run_id = f"{_stamp()}-{batch_id}"
+        why = (f"batch {batch_id} is already pending: the next retrain trains on it"
+               if batch_id in load_pending(ws.data_dir)
+               else f"batch {batch_id} was already accepted; use --force to train on it again")
+        return _finish(run.outcome("skipped", batch_id, [why]), run)
 
     got = intake_task(batch, ws, run.params.validate, run.params.intake.max_bytes, run.kind.parse)
     run.run_id = f"{_stamp()}-{got.batch_id}"
     checked = _validate_stage(run, got)
     if isinstance(checked, Outcome):
         return _finish(checked, run)
+    events.emit(events.ACCEPTED, ws.root, events.accepted(got.batch_id, run.run_id, run.source,
+                                                          run.details["validation"], ws.run_dir(run.run_id)),
+                batch_id=got.batch_id)
+    return _train(run, got, checked, force)
 
+
+def _train(run: Run, got: Intake, checked: pd.DataFrame, force: bool) -> dict:
+    """From an accepted batch's rows: split, drift and policy, then the attempts and the
+    promotion, inside the promotion lock."""
+    ws = run.ws
     lineage = run.reg.metadata(run.champion)["batch_ids"] if run.champion else []
     # batches the policy skipped earlier join the reference, the training rows and the lineage
     pending = [b for b in load_pending(ws.data_dir) if b not in lineage and b != got.batch_id]
