@@ -145,13 +145,19 @@ ENTITIES = {
 }
 
 
-def ner_workspace(tmp_path_factory, name: str) -> tuple[Path, Path]:
-    """(root, workspace) for a `task.type: ner` flow test: the workspace holds TINY_NER_PARAMS."""
+def flow_workspace(tmp_path_factory, name: str, params: str | None = None) -> tuple[Path, Path]:
+    """(root, workspace) for a module-scoped flow test: the workspace holds `params`
+    (TINY_PARAMS by default); batches go under root, beside it."""
     root = tmp_path_factory.mktemp(name)
     ws = root / "ws"
     ws.mkdir()
-    (ws / "params.yaml").write_text(TINY_NER_PARAMS)
+    (ws / "params.yaml").write_text(TINY_PARAMS if params is None else params)
     return root, ws
+
+
+def ner_workspace(tmp_path_factory, name: str) -> tuple[Path, Path]:
+    """(root, workspace) for a `task.type: ner` flow test: the workspace holds TINY_NER_PARAMS."""
+    return flow_workspace(tmp_path_factory, name, TINY_NER_PARAMS)
 
 
 def toy_ner_frame(types: list[str], *, sentences: int = 40, seed: int = 0, slice_name: str | None = None,

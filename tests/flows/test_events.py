@@ -29,12 +29,9 @@ BAD = "text,label\nrain today,weather\n"  # one row: under validate.min_rows, qu
 @pytest.fixture(scope="module")
 def promoted(tmp_path_factory, prefect_server, one_torch_thread):
     """A workspace after one toy batch was promoted, then delivered again (skipped)."""
-    from conftest import TINY_PARAMS, toy_frame
+    from conftest import flow_workspace, toy_frame
 
-    root = tmp_path_factory.mktemp("events")
-    ws = root / "ws"
-    ws.mkdir()
-    (ws / "params.yaml").write_text(TINY_PARAMS)
+    root, ws = flow_workspace(tmp_path_factory, "events")
     batch = root / "a.csv"
     toy_frame(["weather", "music"], per_label=30, seed=1, slice_name="A").to_csv(batch, index=False)
     return ws, batch, retrain(batch=str(batch), workspace=str(ws)), retrain(batch=str(batch), workspace=str(ws))

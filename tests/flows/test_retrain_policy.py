@@ -18,12 +18,9 @@ def champion_ws(tmp_path_factory, prefect_server, one_torch_thread):
     """A workspace whose production model learned weather/music (slice A), plus batches:
     `calm` (same labels and distribution), `shuffled` (same texts, labels permuted) and
     `new` (two new labels)."""
-    from conftest import TINY_PARAMS, toy_frame
+    from conftest import flow_workspace, toy_frame
 
-    root = tmp_path_factory.mktemp("policy")
-    ws = root / "ws"
-    ws.mkdir()
-    (ws / "params.yaml").write_text(TINY_PARAMS)
+    root, ws = flow_workspace(tmp_path_factory, "policy")
     first = root / "first.csv"
     toy_frame(["weather", "music"], per_label=30, seed=1, slice_name="A").to_csv(first, index=False)
     outcome = retrain(batch=str(first), workspace=str(ws))
