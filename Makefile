@@ -18,6 +18,7 @@ QUIET   := $(if $(filter 1 yes true,$(VERBOSE)),--verbose,--log $(LOG))
 # dvc.yaml stages run `python -m tasks.<stage>`: that must be the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 export HF_HUB_OFFLINE := 1

@@ -40,6 +40,7 @@ def offline_env() -> None:
     """Environment defaults, set before Prefect or transformers are imported: no
     telemetry, never a model hub, and patience for the temporary Prefect server."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # else every dvc command forks an analytics daemon
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
