@@ -9,6 +9,7 @@ without training. `ratchet demo` streams CLINC150 domains through the flow and p
 knows after each one. `ratchet models ...` reads and moves registry aliases;
 `ratchet rollback` and `ratchet status` are the two an operator reaches for first.
 `ratchet notify-landed FILE` tells the Prefect server a file landed (its retrain trigger starts a run).
+`ratchet serve-model` answers predictions over HTTP with production and follows its moves.
 """
 
 from __future__ import annotations
@@ -320,6 +321,53 @@ def serve(workspace: Path = typer.Option(Path("."), help="Repository root to wor
     from flows.deploy import serve_all
 
     serve_all(str(workspace.resolve()), limit=limit)
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@app.command("serve-model")
+def serve_model(workspace: Path = typer.Option(Path("."), help="Repository root whose models/ to serve."),
+                host: str = typer.Option("127.0.0.1", help="Address to bind; any other than loopback needs RATCHET_SERVE_TOKEN."),
+                port: int = typer.Option(8080, help="Port to listen on."),
+                alias: str = typer.Option("production", help="The registry alias to answer with and follow."),
+                from_mirror: bool = typer.Option(False, help="Follow the S3 mirror's alias (registry.mirror), pulling each new version."),
+                poll: float = typer.Option(1.0, help="Seconds between checks of the alias."),
+                max_batch: int = typer.Option(64, help="Most inputs answered by one forward pass."),
+                max_wait_ms: float = typer.Option(5.0, help="How long a request waits for others to share its batch."),
+                max_inputs: int = typer.Option(256, help="Most inputs in one request (more: 413)."),
+                max_body: int = typer.Option(1 << 20, help="Largest request body in bytes (more: 413).")) -> None:
+    """Answer predictions from production over HTTP (MLflow's /invocations, /ping; /version,
+    /health) and switch to each new version when the alias moves, rollback included, without
+    a failed request. A bearer token (env RATCHET_SERVE_TOKEN) guards every route but /ping."""
+    offline_env()
+    token = os.environ.get("RATCHET_SERVE_TOKEN") or None
+    if host not in LOOPBACK and token is None:
+        console.print(f"[red]error:[/] refusing to serve on {host} without a token: set RATCHET_SERVE_TOKEN "
+                      "(clients send 'Authorization: Bearer <token>')", soft_wrap=True)
+        raise typer.Exit(2)
+    import uvicorn
+
+    from tasks.core.config import ConfigError, load_params
+    from tasks.serve.app import Limits, build_app
+    from tasks.serve.follow import Follower
+
+    try:
+        params = load_params(workspace.resolve() / "params.yaml")
+    except (ConfigError, FileNotFoundError) as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2)
+    mirror = _mirror(workspace) if from_mirror else None
+    if from_mirror and mirror is None:
+        console.print("[red]error:[/] --from-mirror needs registry.mirror in params.yaml")
+        raise typer.Exit(2)
+    follower = Follower(_registry(workspace), params, alias=alias, mirror=mirror)
+    limits = Limits(max_body_bytes=max_body, max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                    poll_s=poll)
+    console.print(f"serving models/{alias} of {workspace.resolve()} on http://{host}:{port}"
+                  + (" (bearer token required)" if token else ""), soft_wrap=True, highlight=False)
+    uvicorn.run(build_app(follower, token=token, limits=limits), host=host, port=port, log_level="warning",
+                access_log=False)
 
 
 @app.command()

@@ -71,3 +71,14 @@ def test_dockerfile_builds_cpu_and_cuda_from_one_arg(repo):
     text = (repo / "infra" / "Dockerfile").read_text()
     assert "ARG VARIANT=cpu" in text and "AS base-cpu" in text and "AS base-cuda" in text
     assert "FROM base-${VARIANT}" in text
+
+
+def test_compose_guards_the_prefect_api_and_the_model_server(repo):
+    compose = yaml.safe_load((repo / "infra" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    server_auth = services["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    assert server_auth.startswith("${PREFECT_AUTH_STRING:?")  # no default password: unset refuses to start
+    assert services["worker"]["environment"]["PREFECT_API_AUTH_STRING"] == server_auth
+    model = services["model-server"]
+    assert model["entrypoint"][:2] == ["ratchet", "serve-model"] and "0.0.0.0" in model["entrypoint"]
+    assert model["environment"]["RATCHET_SERVE_TOKEN"].startswith("${RATCHET_SERVE_TOKEN:?")

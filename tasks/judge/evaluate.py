@@ -28,20 +28,28 @@ class SliceScore:
 
 
 def predict(clf: Classifier, texts: list[str], *, batch_size: int, max_length: int) -> list[str]:
-    """Predicted label names, in input order (length-sorted inside for speed)."""
+    """Predicted label names, in input order."""
+    return [label for label, _ in predict_scored(clf, texts, batch_size=batch_size, max_length=max_length)]
+
+
+def predict_scored(clf: Classifier, texts: list[str], *, batch_size: int, max_length: int) -> list[tuple[str, float]]:
+    """(label, softmax probability) of the top label per text, in input order (length-sorted
+    inside for speed)."""
     model = clf.model.eval()
     order = np.argsort([len(t) for t in texts], kind="stable")
-    out: list[int] = [0] * len(texts)
+    out: list[tuple[int, float]] = [(0, 0.0)] * len(texts)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             enc = clf.tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
                                 padding=True, return_tensors="pt")
-            pred = model(**enc).logits.argmax(-1).tolist()
-            for i, p in zip(idx, pred):
-                out[i] = p
+            logits = model(**enc).logits.float()
+            best = logits.argmax(-1)  # as the exam has always read it (ties: the first)
+            prob = logits.softmax(-1).gather(-1, best[:, None])[:, 0]
+            for i, p, s in zip(idx, best.tolist(), prob.tolist()):
+                out[i] = (p, s)
     labels = clf.labels
-    return [labels[p] for p in out]
+    return [(labels[p], s) for p, s in out]
 
 
 def score(gold: pd.Series, pred: pd.Series) -> SliceScore:

@@ -10,8 +10,9 @@ runs every registered kind (and a toy one registered only there) through the who
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import pandas as pd
 
@@ -19,6 +20,15 @@ from tasks.core.config import TASK_KINDS, GateConfig, Params
 from tasks.intake.batch import Intake, Split
 from tasks.validate.checks import ValidationResult
 from tasks.core.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded version, as `ratchet serve-model` answers with it: `parse` checks and
+    normalises one request's inputs (ValueError naming what is wrong), `predict` answers a
+    list of parsed inputs, one JSON-ready answer per input, in order."""
+    parse: Callable[[list], list]
+    predict: Callable[[list], list[dict]]
 
 
 class TaskKind(Protocol):
@@ -58,6 +68,9 @@ class TaskKind(Protocol):
 
     def works(self, model_dir: Path) -> str | None:
         """The smoke test before promotion: None when a stored model loads and predicts."""
+
+    def predictor(self, model_dir: Path, params: Params) -> Predictor:
+        """A stored version loaded for serving (tasks/serve/): its request format and answers."""
 
 
 KINDS: dict[str, TaskKind] = TASK_KINDS  # the one registry; params.yaml's task.type is checked against it

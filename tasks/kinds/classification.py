@@ -17,11 +17,11 @@ from tasks.core.config import GateConfig, Params
 from tasks.validate.context import PRODUCTION, load_context
 from tasks.drift.detect import detect_drift
 from tasks.drift.embed_drift import load_champion
-from tasks.judge.evaluate import evaluate
+from tasks.judge.evaluate import evaluate, predict_scored
 from tasks.train.finetune import SENTENCES
 from tasks.judge.gate_stats import Accuracy
 from tasks.intake.batch import Intake, Split, split_batch
-from tasks.kinds.base import answers, register
+from tasks.kinds.base import Predictor, answers, register
 from tasks.train.model import load_classifier
 from tasks.validate.checks import ValidationResult, validate_frame
 from tasks.core.workspace import Workspace
@@ -31,6 +31,14 @@ def classifier_works(path: Path) -> str | None:
     """Load a stored sentence classifier and predict once; None when it works, else what it is."""
     clf = load_classifier(path)
     return answers(clf, clf.tokenizer(["ratchet smoke test"], return_tensors="pt"), "a working classifier")
+
+
+def texts_of(inputs: list) -> list[str]:
+    """A serving request's inputs: non-empty strings."""
+    for i, item in enumerate(inputs):
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"inputs[{i}]: expected a non-empty string, got {type(item).__name__} {item!r:.40}")
+    return inputs
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,13 @@ class Classification:
 
     def works(self, model_dir: Path) -> str | None:
         return classifier_works(model_dir)
+
+    def predictor(self, model_dir: Path, params: Params) -> Predictor:
+        clf = load_classifier(model_dir)
+        run = lambda texts: [{"label": label, "score": round(score, 6)}  # noqa: E731
+                             for label, score in predict_scored(clf, texts, batch_size=params.evaluate.batch_size,
+                                                                max_length=params.model.max_length)]
+        return Predictor(texts_of, run)
 
 
 CLASSIFICATION = register(Classification())

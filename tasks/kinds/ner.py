@@ -19,11 +19,12 @@ from tasks.core.config import GateConfig, Params
 from tasks.validate.context import PRODUCTION
 from tasks.judge.gate_stats import EntityF1
 from tasks.intake.batch import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, load_train
-from tasks.kinds.base import answers, register
+from tasks.kinds.base import Predictor, answers, register
 from tasks.ner.conll import parse_ner_bytes
 from tasks.ner.drift import detect_ner_drift
-from tasks.ner.evaluate import batch_types, evaluate_tagger
+from tasks.ner.evaluate import batch_types, evaluate_tagger, predict_tags
 from tasks.ner.model import load_tagger
+from tasks.ner.tags import spans
 from tasks.ner.train import NER_COLUMNS, TAGGERS
 from tasks.ner.validate import types_of_version, validate_ner
 from tasks.judge.evaluate import load_exam
@@ -52,6 +53,25 @@ def tagger_works(path: Path) -> str | None:
     clf = load_tagger(path)
     probe = clf.tokenizer([["ratchet", "smoke", "test"]], is_split_into_words=True, return_tensors="pt")
     return answers(clf, probe, "a working tagger")
+
+
+def sentences_of(inputs: list) -> list[list[str]]:
+    """A serving request's inputs: sentences as lists of words, or strings split on whitespace."""
+    out = []
+    for i, item in enumerate(inputs):
+        words = item.split() if isinstance(item, str) else item
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+            raise ValueError(f"inputs[{i}]: expected a sentence (a string, or a list of non-empty words), "
+                             f"got {item!r:.60}")
+        out.append(words)
+    return out
+
+
+def tagged(words: list[str], tags: list[str]) -> dict:
+    """One served answer: the words, their IOB2 tags and the entities (type, word span, text)."""
+    found = sorted(spans(tags), key=lambda s: s[1])
+    return {"tokens": words, "tags": tags, "entities": [
+        {"type": kind, "start": start, "end": end, "text": " ".join(words[start:end])} for kind, start, end in found]}
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,13 @@ class Ner:
 
     def works(self, model_dir: Path) -> str | None:
         return tagger_works(model_dir)
+
+    def predictor(self, model_dir: Path, params: Params) -> Predictor:
+        clf = load_tagger(model_dir)
+        run = lambda sentences: [tagged(words, tags) for words, tags in zip(  # noqa: E731
+            sentences, predict_tags(clf, sentences, batch_size=params.evaluate.batch_size,
+                                    max_length=params.model.max_length))]
+        return Predictor(sentences_of, run)
 
 
 NER = register(Ner())

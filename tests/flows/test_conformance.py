@@ -410,6 +410,43 @@ def test_reused_answers_give_the_very_sheets_and_a_store_that_does_not_fit_is_no
 
 # --- the config knows the kinds only through the registry --------------------------------
 
+# --- serving ---------------------------------------------------------------------------
+
+def test_the_served_model_answers_in_the_kinds_format_and_follows_a_rollback(delivered, tmp_path):
+    """`ratchet serve-model`'s app (in process here; tests/serve/ runs the real server)
+    answers the exam's sentences with production, as the kind's offline predictions,
+    and moves to `previous` when production is rolled back."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from tasks.core.config import load_params
+    from tasks.serve.app import Limits, build_app
+    from tasks.serve.follow import Follower
+
+    work = tmp_path / "ws"
+    shutil.copytree(delivered.ws, work, symlinks=True)
+    reg, params = Registry(work / "models"), load_params(work / "params.yaml")
+    exam = pd.read_parquet(work / "data" / "exam" / f"{delivered.outcomes['first']['batch_id']}.parquet")
+    inputs = delivered.kind.describe(exam)[0][:5]
+    app = build_app(Follower(reg, params), limits=Limits(poll_s=0.05))
+    with TestClient(app) as client:
+        production, previous = reg.resolve("production"), reg.resolve("previous")
+        for version in (production, previous):
+            if version == previous:
+                reg.rollback(reason="test")
+                deadline = time.monotonic() + 30
+                while client.get("/version").json()["version"] != previous:
+                    assert time.monotonic() < deadline, "the server did not follow the rollback"
+                    time.sleep(0.05)
+            body = client.post("/invocations", json={"inputs": inputs}).json()
+            expected = delivered.kind.predictor(reg.path(version), params)
+            assert body["version"] == version
+            assert body["predictions"] == expected.predict(expected.parse(inputs))
+        assert client.post("/invocations", json={"inputs": [7]}).status_code == 400
+        assert client.get("/health").json()["task"] == delivered.kind.name
+
+
 def test_task_type_is_checked_against_the_registered_kinds(toy_kind, tmp_path):
     from tasks.core.config import ConfigError, load_params, params_from_dict
 

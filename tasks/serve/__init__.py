@@ -1,0 +1,1 @@
+"""Serving: `ratchet serve-model` answers from production and follows it (app.py)."""
