@@ -116,6 +116,9 @@ def retrain(batch: str = typer.Option(..., "--batch", help="Batch file: CSV, JSO
         console.print(outcome["details"]["gate_table"])
     if (outcome["details"].get("mirror") or {}).get("error"):
         console.print(f"[yellow]S3 mirror not updated:[/] {outcome['details']['mirror']['error']}")
+    if (outcome["details"].get("mlflow") or {}).get("error"):
+        console.print(f"[yellow]MLflow not updated:[/] {outcome['details']['mlflow']['error']} "
+                      "(retry: ratchet models mlflow-sync)", soft_wrap=True, highlight=False)
     console.print(f"  decision: reports/{outcome['run_id']}/decision.json")
     raise typer.Exit(outcome["exit_code"])
 
@@ -508,6 +511,7 @@ def models_promote(version: str, workspace: Path = typer.Option(Path(".")),
     from flows.events import PROMOTED
 
     _announce(workspace, PROMOTED, version, current, reason, "ratchet models promote")
+    _export(workspace, strict=False)
     _publish(workspace, version, reason)
 
 
@@ -529,6 +533,7 @@ def rollback(workspace: Path = typer.Option(Path("."), help="Repository root to 
     from flows.events import ROLLED_BACK
 
     _announce(workspace, ROLLED_BACK, version, current, reason, "ratchet rollback")
+    _export(workspace, strict=False)
     _publish(workspace, version, reason)
 
 
@@ -562,6 +567,40 @@ def _publish(workspace: Path, version: str | None, reason: str | None) -> None:
         raise typer.Exit(1)
     console.print(f"mirror {done['mirror']}: {done['version']} pushed, production -> {done['production']}",
                   soft_wrap=True, highlight=False)
+
+
+def _export(workspace: Path, version: str | None = None, strict: bool = True) -> None:
+    """After a local alias move: MLflow's `champion` alias follows (registry.mlflow_uri).
+    A failure says how to retry; with `strict` it exits 1."""
+    from tasks.core.config import load_params
+    from tasks.registry.mlflow_export import MlflowTarget, sync
+
+    target = MlflowTarget.from_config(load_params(workspace.resolve() / "params.yaml").registry, workspace.resolve())
+    if target is None:
+        if strict:
+            console.print("[red]error:[/] no registry.mlflow_uri in params.yaml")
+            raise typer.Exit(2)
+        return
+    try:
+        done = sync(_registry(workspace), target, version)
+    except Exception as exc:  # the local move stands
+        console.print(f"[red]MLflow not updated:[/] {type(exc).__name__}: {exc}\n  retry: ratchet models mlflow-sync",
+                      soft_wrap=True, highlight=False)
+        if strict:
+            raise typer.Exit(1)
+        return
+    console.print(f"MLflow {done['model']}: {done['version']} is version {done['mlflow_version']}; "
+                  f"@champion -> version {done['champion']}" + (f" (logged {', '.join(done['logged'])})"
+                                                                      if done["logged"] else ""),
+                  soft_wrap=True, highlight=False)
+
+
+@models_app.command("mlflow-sync")
+def models_mlflow_sync(version: Optional[str] = typer.Argument(None, help="Default: the local production."),
+                       workspace: Path = typer.Option(Path("."))) -> None:
+    """Export VERSION (and production) to the MLflow registry (registry.mlflow_uri) if it
+    lacks them, and point its `champion` alias at production. Safe to rerun."""
+    _export(workspace, version)
 
 
 @models_app.command("push")

@@ -22,8 +22,8 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.attempts import train_and_judge
-from flows.steps import (drift_task, intake_task, promote_task, publish_task, record_promotion_task, split_task,
-                         validate_task)
+from flows.steps import (drift_task, intake_task, mlflow_task, promote_task, publish_task, record_promotion_task,
+                         split_task, validate_task)
 from tasks.judge.answers import write_answers
 from tasks.audit.record import promotion_metadata, record_data
 from tasks.core.config import Params, load_params
@@ -36,6 +36,7 @@ from tasks.drift.policy import add_pending, clear_pending, decide, load_pending
 from tasks.validate.quarantine import quarantine_batch, quarantine_rows
 from tasks.registry.store import Registry, RegistryError
 from tasks.registry.registry_s3 import Mirror
+from tasks.registry.mlflow_export import MlflowTarget
 from tasks.core.storage import StorageError
 from tasks.validate.checks import too_large
 from tasks.core.workspace import Workspace
@@ -206,6 +207,14 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
             run.details["mirror"] = {"mirror": mirror.uri, "version": version, "error": str(exc),
                                      "retry": f"ratchet models push {version}"}
             get_run_logger().warning("S3 mirror not updated: %s (retry: ratchet models push %s)", exc, version)
+    target = MlflowTarget.from_config(run.params.registry, run.ws.root)
+    if target:
+        try:
+            run.details["mlflow"] = mlflow_task(run.reg, target, version)
+        except Exception as exc:  # MLflow down or refusing: never blocks a promotion
+            run.details["mlflow"] = {"mlflow": target.uri, "version": version, "error": f"{type(exc).__name__}: {exc}",
+                                     "retry": "ratchet models mlflow-sync"}
+            get_run_logger().warning("MLflow not updated: %s (retry: ratchet models mlflow-sync)", exc)
     return version
 
 

@@ -26,6 +26,7 @@ from tasks.judge.gate import ACCURACY, GateDecision, decide
 from tasks.judge.reuse import Reuse, examine
 from tasks.kinds import TaskKind
 from tasks.registry.registry_s3 import Mirror, publish
+from tasks.registry import mlflow_export
 from tasks.registry.store import Registry, register_and_promote
 from tasks.train.finetune import SENTENCES, Candidate, train_candidate
 
@@ -90,6 +91,12 @@ def record_promotion_task(ws: Workspace, params: Params, reg: Registry, version:
 def publish_task(reg: Registry, mirror: Mirror, version: str) -> dict:
     """Idempotent, so Prefect's retries complete a push or alias move a blip interrupted."""
     return publish(reg, mirror, version, reason="gate passed")
+
+
+@task(name="mlflow-export", retries=2, retry_delay_seconds=[1, 5])
+def mlflow_task(reg: Registry, target: mlflow_export.MlflowTarget, version: str) -> dict:
+    """Idempotent too: a retry never logs a version twice."""
+    return mlflow_export.sync(reg, target, version)
 
 
 @task(name="list-landing", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))

@@ -155,6 +155,17 @@ def flow_workspace(tmp_path_factory, name: str, params: str | None = None) -> tu
     return root, ws
 
 
+def tiny_version(reg, tmp: Path, seed: int, labels: tuple[str, ...] = ("weather", "music", "food")) -> str:
+    """A tiny classifier with its own seeded random head, registered as the next version
+    of `reg` (a served or exported model that never went through the flow)."""
+    from tasks.train.model import load_base, save_classifier
+
+    out = save_classifier(load_base("tiny", list(labels), seed=seed), tmp / f"candidate-{seed}")
+    return reg.register(out, {"task": "classification", "pipeline_tag": "text-classification", "batch_id": f"b{seed}",
+                              "metrics": {"overall": {"accuracy": 0.5 + seed / 100}, "slices": {"A": {"accuracy": 0.5}}},
+                              "gate": {"passed": True, "reasons": ["test"]}})
+
+
 def ner_workspace(tmp_path_factory, name: str) -> tuple[Path, Path]:
     """(root, workspace) for a `task.type: ner` flow test: the workspace holds TINY_NER_PARAMS."""
     return flow_workspace(tmp_path_factory, name, TINY_NER_PARAMS)

@@ -215,6 +215,13 @@ class RegistryConfig:
     # endpoint_url for S3-compatible stores ("" = the standard AWS settings)
     mirror: str = ""
     endpoint_url: str = ""
+    # an MLflow tracking/registry URI every promotion is exported to ("" = none; needs the
+    # `mlflow` extra): sqlite:///mlflow.db (relative to the workspace) or http://host:5000.
+    # The `champion` alias of `mlflow_model` follows production; artifacts "" = beside a
+    # SQLite file, else the server's default
+    mlflow_uri: str = ""
+    mlflow_model: str = "ratchet"
+    mlflow_artifacts: str = ""
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ from tasks.core.config import load_params
 from tasks.registry.registry_s3 import Mirror, publish
 from tasks.registry.store import Registry
 from tasks.serve.follow import Follower
-from tests.conftest import flow_workspace
-from tests.serve.test_serve_model import tiny_version
+from tests.conftest import flow_workspace, tiny_version
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ equals what that version predicts offline).
 
 from __future__ import annotations
 
-import json
+
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,8 +24,8 @@ from flows.cli import app
 from tasks.core.config import load_params
 from tasks.judge.evaluate import predict_scored
 from tasks.registry.store import Registry
-from tasks.train.model import load_base, load_classifier, save_classifier
-from tests.conftest import TINY_PARAMS, flow_workspace
+from tasks.train.model import load_classifier
+from tests.conftest import flow_workspace, tiny_version
 
 TOKEN = "test-token-not-a-secret"
 LABELS = ["weather", "music", "food"]
@@ -37,12 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def tiny_version(reg: Registry, tmp: Path, seed: int) -> str:
-    """A tiny classifier with its own random head, registered as the next version."""
-    out = save_classifier(load_base("tiny", LABELS, seed=seed), tmp / f"candidate-{seed}")
-    return reg.register(out, {"task": "classification", "batch_id": f"b{seed}", "metrics": {"overall": {}}})
 
 
 @pytest.fixture(scope="module")
