@@ -23,7 +23,7 @@ from typing import Callable
 import pandas as pd
 
 from tasks.core.config import ValidateConfig
-from tasks.intake.parsing import SUPPORTED, parse_table  # noqa: F401  (SUPPORTED: part of intake's API)
+from tasks.intake.parsing import SUPPORTED, decompress, is_supported, parse_table  # noqa: F401  (intake's API)
 from tasks.core.storage import read_bytes, sha256_of, size_of
 from tasks.core.workspace import Workspace
 
@@ -116,15 +116,18 @@ def intake(source: str | Path, ws: Workspace, cfg: ValidateConfig | None = None,
     raw_path = raw_dir / raw_file_name(name, batch_id)
     if not raw_path.exists():
         raw_path.write_bytes(raw)
-    return parse_delivery(raw, name, cfg.encoding, batch_id, raw_path, parser)
+    return parse_delivery(raw, name, cfg.encoding, batch_id, raw_path, parser, max_bytes)
 
 
 def parse_delivery(raw: bytes, name: str, encoding: str, batch_id: str, raw_path: Path,
-                   parser: Callable[[bytes, str, str], pd.DataFrame | None] | None = None) -> Intake:
+                   parser: Callable[[bytes, str, str], pd.DataFrame | None] | None = None,
+                   max_bytes: int = 0) -> Intake:
     """The parsed delivery: `parser(raw, name, encoding)` (a task type's own) when it
-    returns a table, else the text/label table parser. Any parser failure is a
-    validation verdict (`parse_error`), not a crash."""
+    returns a table, else the text/label table parser; a compressed file is parsed as the
+    file inside (at most `max_bytes` of it). Any parser failure is a validation verdict
+    (`parse_error`), not a crash."""
     try:
+        raw, name = decompress(raw, name, max_bytes)
         frame = parser(raw, name, encoding) if parser is not None else None
         if frame is not None:
             return Intake(batch_id, raw_path, frame, rows=list(range(1, len(frame) + 1)))

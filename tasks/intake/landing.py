@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tasks.core import storage
-from tasks.intake.batch import SUPPORTED, batch_id_for
+from tasks.intake.batch import batch_id_for, is_supported
 from tasks.core.workspace import Workspace
 
 LEDGER_FILE = "landing-ledger.json"
@@ -46,7 +46,7 @@ class Arrival:
 
 def _is_batch(name: str) -> bool:
     # hidden and partial files (".x.csv", "x.csv.part") are uploads still in progress
-    return not name.startswith(".") and Path(name).suffix.lower() in SUPPORTED
+    return not name.startswith(".") and is_supported(name)  # "b.csv.gz" too
 
 
 def _listing(landing: str, ws: Workspace) -> list[tuple[str, float, int, str]]:

@@ -8,6 +8,11 @@ fields, a JSONL line that is not a JSON object) is kept in the table as an empty
 named in `Table.malformed`, so validation can report it with its row number and the
 row policy can drop it.
 
+A compressed delivery (`x.csv.gz`, `x.jsonl.bz2`, `x.parquet.xz`: gzip, bzip2, xz) is read
+as the file inside it (`decompress`); the bytes kept under raw/ and hashed into the batch
+id are still the delivered, compressed ones. Decompressing stops at intake.max_bytes, so
+a small file that inflates without end is refused, not read into memory.
+
 Row numbers are what a person sees in an editor: 1-based lines of the file, the CSV
 header being line 1 (a quoted field spanning lines counts from its first line); for
 Parquet, 1-based row positions.
@@ -15,15 +20,20 @@ Parquet, 1-based row positions.
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import io
 import json
+import lzma
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 SUPPORTED = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+COMPRESSED = {".gz": lambda f: gzip.GzipFile(fileobj=f), ".bz2": bz2.BZ2File, ".xz": lzma.LZMAFile}
+UNREAD = {".zst": "zstd", ".zip": "zip", ".7z": "7-Zip", ".tar": "tar", ".tgz": "tar"}
 DELIMITERS = ",;\t|"
 SNIFF_CHARS = 64 * 1024
 
@@ -49,6 +59,38 @@ def decode(raw: bytes, encoding: str = "utf-8") -> str:
         name = "UTF-8" if utf8 else encoding
         hint = "; set validate.encoding in params.yaml if the file uses another encoding" if utf8 else ""
         raise ValueError(f"file is not {name}: first bad byte at offset {bad} (0x{raw[bad]:02x}){hint}") from exc
+
+
+def inner_name(name: str) -> str:
+    """The name of the file a compressed delivery holds ("b.csv.gz" -> "b.csv")."""
+    suffix = Path(name).suffix.lower()
+    return name[: -len(suffix)] if suffix in COMPRESSED else name
+
+
+def is_supported(name: str) -> bool:
+    """A file name a table parser reads, compressed or not."""
+    return Path(inner_name(name)).suffix.lower() in SUPPORTED
+
+
+def decompress(raw: bytes, name: str, max_bytes: int = 0) -> tuple[bytes, str]:
+    """(the bytes, the name) of the file inside a gzip/bzip2/xz delivery; anything else as
+    it is. ValueError when it is corrupt, is another archive format, or holds more than
+    `max_bytes` (0 = no limit)."""
+    suffix = Path(name).suffix.lower()
+    if suffix in UNREAD:
+        raise ValueError(f"{UNREAD[suffix]} files are not read; deliver the file itself, or gzip it (.gz)")
+    opener = COMPRESSED.get(suffix)
+    if opener is None:
+        return raw, name
+    try:
+        with opener(io.BytesIO(raw)) as inner:
+            out = inner.read(max_bytes + 1) if max_bytes else inner.read()
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise ValueError(f"the {suffix} file cannot be decompressed: {exc}") from None
+    if max_bytes and len(out) > max_bytes:
+        raise ValueError(f"the {suffix} file decompresses to over intake.max_bytes ({max_bytes:,} bytes); "
+                         "deliver it as smaller batches, or raise intake.max_bytes in params.yaml")
+    return out, inner_name(name)
 
 
 def parse_table(raw: bytes, name: str, encoding: str = "utf-8") -> Table:

@@ -26,7 +26,7 @@ def read_delivery(kind: TaskKind, source: str, params: Params) -> Intake | str:
         return problem
     raw = read_bytes(source, endpoint_url=endpoint)
     return parse_delivery(raw, source_name(source), params.validate.encoding, batch_id_for(raw), Path(source),
-                          kind.parse)
+                          kind.parse, params.intake.max_bytes)
 
 
 def check_file(kind: TaskKind, source: str, ws: Workspace, params: Params) -> tuple[str, ValidationResult]:

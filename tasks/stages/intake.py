@@ -20,7 +20,8 @@ def main() -> None:
         raise SystemExit(f"error: audit.batch: {too_large}")
     raw = source.read_bytes()
     out = common.stage_dir("intake")
-    got = parse_delivery(raw, source.name, p.validate.encoding, batch_id_for(raw), source, common.kind(p).parse)
+    got = parse_delivery(raw, source.name, p.validate.encoding, batch_id_for(raw), source, common.kind(p).parse,
+                         p.intake.max_bytes)
     # a declared out even when unparseable: validate reports the parse error
     (got.frame if got.frame is not None else pd.DataFrame()).to_pickle(out / "frame.pkl")
     info = {"batch_id": got.batch_id, "source": str(source), "bytes": len(raw), "parse_error": got.parse_error,

@@ -16,6 +16,7 @@ the training data behind it, the held-out exam and every accepted batch's traini
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -73,9 +74,24 @@ def normalise_all(texts: pd.Series) -> pd.Series:
     return texts.str.split().str.join(" ").str.casefold()
 
 
+# Letters that render like a Latin one (Unicode's confusables for the Cyrillic and Greek
+# letters met in practice; NFKC has already folded full-width and compatibility forms)
+LOOK_ALIKES = str.maketrans(
+    "аеорсухіјѕԁӏԛԝАВЕКМНОРСТХУІЈЅԚԜαοριυνκΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+    "aeopcyxijsdlqwABEKMHOPCTXYIJSQWaopiuvkABEZHIKMNOPTYX")
+INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))  # soft hyphen, zero-widths
+
+
+def skeleton(text: str) -> str:
+    """What a label looks like: NFKC (full-width and compatibility forms), invisible
+    characters dropped, Cyrillic and Greek look-alikes mapped to the Latin letter."""
+    return unicodedata.normalize("NFKC", text).translate(INVISIBLE).translate(LOOK_ALIKES)
+
+
 def label_key(label: str) -> str:
-    """Labels that differ only in case, spacing, '-' or '_' are near-duplicates."""
-    return " ".join(re.sub(r"[-_]", " ", label).split()).casefold()
+    """Labels that differ only in case, spacing, '-' or '_', or by Unicode look-alikes
+    (Cyrillic "а" for Latin "a", full-width forms, zero-width characters) are near-duplicates."""
+    return " ".join(re.sub(r"[-_]", " ", skeleton(label)).split()).casefold()
 
 
 def usable_rows(df: pd.DataFrame, malformed: dict[int, str]) -> pd.Series:
@@ -173,7 +189,7 @@ def label_checks(good: pd.DataFrame, labels: LabelsConfig, ctx: Context) -> list
     checks = []
     if near:
         checks.append(_label_rows(good, near, "label_is_not_near_duplicate",
-                                  "label(s) differ from another label only in case, spacing, '-' or '_'",
+                                  "label(s) differ from another label only in case, spacing, '-' or '_', or Unicode look-alikes",
                                   [f"{show(v)} ~ {w}" for v, w in near.items()]))
     fresh = [label for label in new if label not in near]
     if fresh and not labels.allow_new:

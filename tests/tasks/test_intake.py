@@ -301,3 +301,52 @@ def test_quarantine_twice_replaces_previous(ws, tmp_path):
     assert json.loads((target / "report.json").read_text()) == {"n": 2}
     assert (target / "raw" / "bad.csv").read_bytes() == raw
 
+
+
+# --- compressed deliveries -----------------------------------------------------------
+
+CSV = b"text,label\nhello there,greet\nbye now,farewell\n"
+
+
+@pytest.mark.parametrize("suffix, pack", [(".gz", "gzip"), (".bz2", "bz2"), (".xz", "lzma")])
+def test_a_compressed_delivery_is_read_as_the_file_inside_and_kept_as_delivered(ws, tmp_path, suffix, pack):
+    import importlib
+
+    packed = importlib.import_module(pack).compress(CSV)
+    got = intake(_write(tmp_path / f"b.csv{suffix}", packed), ws)
+    assert got.parse_error is None and got.frame["label"].tolist() == ["greet", "farewell"]
+    assert got.rows == [2, 3]  # line numbers of the file inside
+    assert got.raw_path.read_bytes() == packed and got.raw_path.name == f"b.csv{suffix}"  # verbatim
+    assert got.batch_id == batch_id_for(packed) != batch_id_for(CSV)
+
+
+def test_a_compressed_delivery_that_is_corrupt_or_inflates_past_max_bytes_is_a_parse_error(ws, tmp_path):
+    import gzip
+
+    bad = intake(_write(tmp_path / "bad.csv.gz", gzip.compress(CSV)[:-12]), ws)
+    assert bad.frame is None and "cannot be decompressed" in bad.parse_error
+    bomb = gzip.compress(b"text,label\n" + b"a,b\n" * 100_000)  # ~400 kB inside a ~1 kB file
+    refused = intake(_write(tmp_path / "bomb.csv.gz", bomb), ws, max_bytes=50_000)
+    assert refused.frame is None and "intake.max_bytes" in refused.parse_error
+    assert refused.raw_path.read_bytes() == bomb  # kept, to be quarantined byte for byte
+    zst = intake(_write(tmp_path / "b.csv.zst", b"\x28\xb5\x2f\xfd"), ws)
+    assert "zstd files are not read" in zst.parse_error
+
+
+def test_the_landing_zone_picks_up_compressed_deliveries():
+    from tasks.intake.batch import is_supported
+
+    assert all(map(is_supported, ["a.csv", "a.csv.gz", "a.jsonl.bz2", "a.parquet.xz", "A.CSV.GZ"]))
+    assert not any(map(is_supported, ["a.gz", "a.txt.gz", "a.csv.part", "a.zip"]))
+
+
+def test_a_task_types_own_parser_reads_the_file_inside_too(tmp_path):
+    import gzip
+
+    from tasks.intake.batch import parse_delivery
+    from tasks.ner.conll import parse_ner_bytes
+
+    line = json.dumps({"tokens": ["Alice", "flew"], "tags": ["B-PER", "O"]}).encode() + b"\n"
+    got = parse_delivery(gzip.compress(line * 3), "ner.jsonl.gz", "utf-8", "b-x", tmp_path / "ner.jsonl.gz",
+                         parse_ner_bytes)
+    assert got.parse_error is None and got.frame["tokens"].map(list).tolist() == [["Alice", "flew"]] * 3

@@ -80,6 +80,19 @@ def test_new_labels_policy_and_near_duplicates():
     assert names(rare.failures) == {"new_label_has_min_examples"}
 
 
+def test_unicode_look_alike_labels_are_near_duplicates():
+    """Cyrillic 'а' for Latin 'a', full-width forms and a zero-width space render like a
+    known label; a label merely written in another script is not flagged."""
+    ctx = Context(known_labels=frozenset({"weather", "music", "card_arrival"}))
+    rows = GOOD + [("x1", "c\u0430rd_arrival"), ("x2", "ｃａｒｄ＿ａｒｒｉｖａｌ"), ("x3", "mus\u200bic"),
+                   ("x4", "погода"), ("x5", "погода")]
+    result = validate_frame(frame(rows), CFG, context=ctx)
+    near = next(f for f in result.failures if f.expectation == "label_is_not_near_duplicate")
+    assert near.examples == [9, 10, 11] and "Unicode look-alikes" in near.message
+    assert "known label 'card_arrival'" in near.message and "known label 'music'" in near.message
+    assert "погода" not in near.message
+
+
 def test_label_share_and_kl_warn_or_fail():
     rows = GOOD[:4] + [(f"storm {i}", "weather") for i in range(12)] + GOOD[4:5]
     ctx = Context(known_labels=frozenset({"weather", "music"}), reference_labels={"weather": 50, "music": 50})
