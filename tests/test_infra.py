@@ -82,3 +82,27 @@ def test_compose_guards_the_prefect_api_and_the_model_server(repo):
     model = services["model-server"]
     assert model["entrypoint"][:2] == ["ratchet", "serve-model"] and "0.0.0.0" in model["entrypoint"]
     assert model["environment"]["RATCHET_SERVE_TOKEN"].startswith("${RATCHET_SERVE_TOKEN:?")
+
+
+def test_prefect_yaml_retrain_deployments_carry_the_landed_trigger_the_code_builds(repo, tmp_path):
+    """prefect.yaml's triggers parse as Prefect's own DeploymentEventTrigger and ask what
+    flows/deploy.py landed_trigger asks (the resource by its path label, not its hash)."""
+    from prefect.events import DeploymentEventTrigger
+
+    from flows import events
+    from flows.deploy import landed_trigger
+
+    code = landed_trigger(tmp_path)
+    deployments = {d["name"]: d for d in _prefect_yaml(repo)["deployments"]}
+    for name, path in ((RETRAIN, "{{ $RATCHET_WORKSPACE }}"), (f"{RETRAIN}-k8s", "/workspace")):
+        (raw,) = deployments[name]["triggers"]
+        assert raw.pop("type") == "event"
+        trigger = DeploymentEventTrigger(**raw)
+        assert trigger.expect == code.expect == {events.LANDED}
+        assert trigger.parameters == code.parameters == {"batch": "{{ event.payload.file }}"}
+        match, ours = trigger.match.root, code.match.root
+        assert match[events.START_RUN] == ours[events.START_RUN] == "true"
+        assert match["prefect.resource.id"] == "ratchet.workspace.*" and match["ratchet.workspace.path"] == path
+        assert events.workspace_resource(tmp_path)["prefect.resource.id"].startswith("ratchet.workspace.")
+    for name in (NIGHTLY, WATCH):
+        assert "triggers" not in deployments[name]
