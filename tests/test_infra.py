@@ -106,3 +106,9 @@ def test_prefect_yaml_retrain_deployments_carry_the_landed_trigger_the_code_buil
         assert events.workspace_resource(tmp_path)["prefect.resource.id"].startswith("ratchet.workspace.")
     for name in (NIGHTLY, WATCH):
         assert "triggers" not in deployments[name]
+
+
+def test_the_kubernetes_retrain_trains_one_process_per_gpu(repo):
+    retrain = {d["name"]: d for d in _prefect_yaml(repo)["deployments"]}[f"{RETRAIN}-k8s"]
+    assert retrain["parameters"]["overrides"]["train.processes"] == retrain["work_pool"]["job_variables"]["gpu_count"]
+    assert retrain["parameters"]["workspace"] == "/workspace"

@@ -154,6 +154,10 @@ class TrainConfig:
     # learning rate of the encoder relative to `lr` when fine-tuning a promoted version
     # (not the base model): a slower encoder forgets less (SLCA)
     encoder_lr_scale: float = 1.0
+    # data-parallel fine-tuning: N processes (gloo on CPU, NCCL with one GPU each), every
+    # batch split across them and the gradients all-reduced; the same steps, schedule and
+    # data order as 1 process (tasks/train/parallel.py)
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -365,8 +369,8 @@ def params_from_dict(raw: dict[str, Any] | None, _check_ladder: bool = True) -> 
     hints = typing.get_type_hints(Params)
     built = {name: _build_section(hints[name], raw.get(name), name) for name in sections}
     params = Params(**built)
-    if params.train.batch_size < 1 or params.train.epochs < 1:
-        raise ConfigError("params: train.batch_size and train.epochs must be at least 1")
+    if params.train.batch_size < 1 or params.train.epochs < 1 or params.train.processes < 1:
+        raise ConfigError("params: train.batch_size, train.epochs and train.processes must be at least 1")
     if not 0 <= params.train.dev_share < 1 or params.train.distill_temperature <= 0:
         raise ConfigError("params: train.dev_share must be in [0, 1) and train.distill_temperature above 0")
     if params.replay.capacity < 0:

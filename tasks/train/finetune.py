@@ -29,6 +29,7 @@ from tasks.core.config import Params
 from tasks.train.distill import teacher_logits
 from tasks.train.model import Classifier, grow_head, load_base, load_classifier, save_classifier
 from tasks.train.replay import COLUMNS, ReplayBuffer, derive_buffer
+from tasks.train.parallel import finetune_parallel
 from tasks.train.trainloop import SEQUENCE, TrainReport, TrainSet, finetune, fingerprint, pick_device
 
 REPORT_FILE = "train_report.json"
@@ -153,8 +154,11 @@ def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     if done:
         return done
     run_dir = out_dir.with_name(out_dir.name + ".run")
-    report = finetune(clf, data, cfg=cfg, model_cfg=params.model, run_dir=run_dir, on_step=on_step,
-                      head=training.head)
+    if cfg.processes > 1:  # data-parallel: the same loop in N processes (on_step is in-process only)
+        report = finetune_parallel(clf, data, cfg=cfg, model_cfg=params.model, run_dir=run_dir, head=training.head)
+    else:
+        report = finetune(clf, data, cfg=cfg, model_cfg=params.model, run_dir=run_dir, on_step=on_step,
+                          head=training.head)
     buffer.add(training.to_buffer(train_rows))
     _write_atomically(out_dir, clf, buffer, report.to_dict() | {"new_labels": new_labels})
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -8,6 +8,13 @@ gradient clipping; at least `train.min_steps` steps however small the batch; opt
 replayed rows and frozen lower layers; early stopping on a dev split keeping the best
 epoch's weights; checkpoints every N steps that a rerun resumes from, bitwise.
 Device and precision are chosen in `pick_device` only. It knows nothing about Prefect.
+
+The same loop runs data-parallel (`train.processes` > 1, tasks/train/parallel.py starts
+the processes): every rank walks the same batches in the same order and trains on its
+share of each one (`idx[rank::world]`), the gradients are averaged over the ranks (one
+all-reduce of a flat tensor per step, so every rank holds bitwise the same weights), and
+the steps, the schedule and the data order are those of one process; rank 0 writes the
+checkpoints (with every rank's RNG state) and the trained weights.
 """
 
 from __future__ import annotations
@@ -25,10 +32,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from tasks.train.checkpoint import load_checkpoint, save_checkpoint
+from tasks.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.train.distill import distill_loss
 from tasks.train.model import Classifier, count_truncated, freeze_lower_layers
@@ -74,6 +82,8 @@ class TrainReport:
     dev_losses: list[float] = field(default_factory=list)
     inputs_sha256: str = ""
     truncated_texts: int = 0            # training rows longer than model.max_length tokens, cut
+    processes: int = 1                  # data-parallel world size (train.processes)
+    samples_per_s_per_process: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,7 +201,8 @@ SEQUENCE = SequenceLabels()
 def fingerprint(clf: Classifier, data: TrainSet, cfg: TrainConfig, model_cfg: ModelConfig, head=SEQUENCE) -> str:
     """Identifies the inputs of a run (starting weights included); a checkpoint or a
     finished candidate from other inputs is never reused."""
-    h = hashlib.sha256(json.dumps([asdict(cfg), asdict(model_cfg), clf.labels, data.replay_rows, data.warm]).encode())
+    train = {k: v for k, v in asdict(cfg).items() if not (k == "processes" and v == 1)}  # as before it existed
+    h = hashlib.sha256(json.dumps([train, asdict(model_cfg), clf.labels, data.replay_rows, data.warm]).encode())
     for name, tensor in clf.model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -241,8 +252,8 @@ def _end_epoch(loop: dict, clf: Classifier, dev, cfg: TrainConfig, device, autoc
         loop["stopped"] = True
 
 
-def _loss(clf, inputs, target, idx, data: TrainSet, teacher, cfg: TrainConfig, head) -> torch.Tensor:
-    logits = clf.model(**inputs).logits
+def _loss(model, inputs, target, idx, data: TrainSet, teacher, cfg: TrainConfig, head) -> torch.Tensor:
+    logits = model(**inputs).logits
     loss = head.loss(logits, target)
     if teacher is not None:
         start = len(data.rows) - len(teacher)  # the teacher covers the last rows (replayed, or all)
@@ -255,13 +266,13 @@ def _loss(clf, inputs, target, idx, data: TrainSet, teacher, cfg: TrainConfig, h
     return loss
 
 
-def _progress(total: int, initial: int):
+def _progress(total: int, initial: int, show: bool = True):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm comes with transformers; rich is the fallback the CLI already has
         from rich.progress import tqdm
     # disable=None: a bar on a terminal, silence in logs and tests
-    return tqdm(total=total, initial=initial, desc="finetune", unit="step", disable=None, leave=False)
+    return tqdm(total=total, initial=initial, desc="finetune", unit="step", disable=None if show else True, leave=False)
 
 
 def _peak_memory(device: torch.device) -> tuple[float, str]:
@@ -270,12 +281,50 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "process_rss"
 
 
-def _optimize(loss: torch.Tensor, model: torch.nn.Module, opt, sched, cfg: TrainConfig) -> None:
+def _all_reduce_grads(model: torch.nn.Module, world: int) -> None:
+    """The mean of every rank's gradients: each rank gathers all of them (one flat tensor
+    a rank) and sums them in rank order, so every rank, in every run, holds bitwise the
+    same gradients and steps to the same weights (a transport's own reduction order is
+    not fixed)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    parts = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(parts, flat)
+    flat = torch.stack(parts).sum(0) / world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _optimize(loss: torch.Tensor, model: torch.nn.Module, opt, sched, cfg: TrainConfig, world: int = 1) -> None:
     loss.backward()
+    if world > 1:
+        _all_reduce_grads(model, world)
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
+
+
+def _mine(idx: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This rank's share of a batch (the whole of one too small to share)."""
+    return idx[rank::world] if len(idx) >= world else idx
+
+
+def _mean_over_ranks(loss: torch.Tensor, world: int) -> torch.Tensor:
+    if world == 1:
+        return loss
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    return total / world
+
+
+def _ranks_rng(world: int) -> list[dict]:
+    """Every rank's RNG state (dropout differs per rank), for rank 0's checkpoint."""
+    states: list = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
 
 
 def _record(loop: dict, idx: np.ndarray, loss: torch.Tensor, new_rows: int, started: float, bar, total: int) -> None:
@@ -293,15 +342,23 @@ def _record(loop: dict, idx: np.ndarray, loss: torch.Tensor, new_rows: int, star
 
 
 def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: ModelConfig,
-             run_dir=None, on_step: Callable[[int], None] | None = None, head=SEQUENCE) -> TrainReport:
+             run_dir=None, on_step: Callable[[int], None] | None = None, head=SEQUENCE,
+             rank: int = 0, world: int = 1) -> TrainReport:
     """Train `clf` in place. With `run_dir`, checkpoint there every `train.checkpoint_every`
     steps and resume from a checkpoint of the same inputs. `on_step(step)` is called after
     each step (and its checkpoint). `head`: how rows become inputs and targets
-    (`SequenceLabels` for a sentence classifier; a tagger's own)."""
+    (`SequenceLabels` for a sentence classifier; a tagger's own). `rank` of `world`: this
+    process's place in a data-parallel run (the process group is initialised)."""
     torch.manual_seed(cfg.seed)
     device, amp_dtype = pick_device(cfg)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
     model = clf.model.to(device).train()
     freeze_lower_layers(model, cfg.freeze_layers)
+    if world > 1:  # every rank starts from rank 0's weights
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)
     ids, labels = head.encode(clf, data.rows, model_cfg.max_length)
     lengths = np.array([len(x) for x in ids])
     total, epochs = planned_steps(len(ids), cfg), planned_epochs(len(ids), cfg)
@@ -316,31 +373,42 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
     loop = (load_checkpoint(run_dir, fingerprint=key, model=model, optimizer=opt, scheduler=sched)
             if every else None) or _fresh_loop()
     resumed = loop["step"]
+    if world > 1 and loop.get("rank_rng"):
+        restore_rng(loop["rank_rng"][rank])  # load_checkpoint restored rank 0's
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter() - loop["seconds"]
-    bar = _progress(total, resumed)
+    bar = _progress(total, resumed, show=rank == 0)
     while loop["epoch"] < epochs and not loop["stopped"]:
         batches = epoch_batches(lengths, cfg, loop["epoch"])
         while loop["batch"] < len(batches) and loop["step"] < total:
             idx = batches[loop["batch"]]
-            inputs, target = head.collate(clf, ids, labels, idx, device)
+            mine = _mine(idx, rank, world)
+            inputs, target = head.collate(clf, ids, labels, mine, device)
             with autocast:
-                loss = _loss(clf, inputs, target, idx, data, teacher, cfg, head)
-            _optimize(loss, model, opt, sched, cfg)
-            _record(loop, idx, loss, data.new_rows, started, bar, total)
+                loss = _loss(model, inputs, target, mine, data, teacher, cfg, head)
+            _optimize(loss, model, opt, sched, cfg, world)
+            _record(loop, idx, _mean_over_ranks(loss, world), data.new_rows, started, bar, total)
             if every and loop["step"] % every == 0:
-                save_checkpoint(run_dir, fingerprint=key, model=model, optimizer=opt, scheduler=sched, loop=loop)
+                if world > 1:
+                    loop["rank_rng"] = _ranks_rng(world)
+                if rank == 0:
+                    save_checkpoint(run_dir, fingerprint=key, model=model, optimizer=opt, scheduler=sched, loop=loop)
             if on_step:
                 on_step(loop["step"])
         # also after a max_steps cut, and after resuming from a checkpoint taken at the
         # epoch's last step, so both runs see the same dev losses
         _end_epoch(loop, clf, dev, cfg, device, autocast, head)
+        if world > 1:  # rank 0 decides; the others follow, whatever their last bits of dev loss
+            decided = [loop["stopped"]]
+            dist.broadcast_object_list(decided, 0)
+            loop["stopped"] = decided[0]
         loop.update(epoch=loop["epoch"] + 1, batch=0)
         if loop["step"] >= total:
             break
     bar.close()
-    report = _finish(clf, data, loop, device, amp_dtype, resumed, key)
+    report = replace(_finish(clf, data, loop, device, amp_dtype, resumed, key), processes=world)
+    report = replace(report, samples_per_s_per_process=round(report.samples_per_s / world, 1))
     cut = head.truncated(clf, data.rows, model_cfg.max_length)
     if cut:
         log.info("%d of %d training texts are longer than model.max_length (%d tokens) and were truncated",
