@@ -99,7 +99,23 @@ def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
     bare = train_candidate(champion_dir=champion, train_rows=split.train, dev_rows=split.dev, out_dir=workdir / "bare",
                            params=params)
     bare_s = time.perf_counter() - started
-    return summarize(wall, stages, bare_s, warmup_s, len(split.train), outcome["status"], bare.train.samples)
+    return summarize(wall, stages, bare_s, warmup_s, len(split.train), outcome["status"], bare.train.samples) | {
+        "bare_train": {k: getattr(bare.train, k) for k in ("device", "precision", "samples_per_s", "processes",
+                                                           "samples_per_s_per_process", "peak_memory_mb",
+                                                           "peak_memory_kind", "steps")},
+        "bare_train_mean_tokens": mean_tokens(champion or params.model.base, split.train, params.model.max_length)}
+
+
+def mean_tokens(model: str | Path, rows: pd.DataFrame, max_length: int) -> float:
+    """Mean tokens a training row (special tokens included, cut at max_length): the
+    sequence length a FLOPs estimate multiplies by."""
+    from transformers import AutoTokenizer
+
+    from tasks.train.model import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path() if str(model) in ("minilm", "tiny") else model)
+    lengths = [len(ids) for ids in tok(rows["text"].tolist(), truncation=True, max_length=max_length)["input_ids"]]
+    return round(sum(lengths) / max(len(lengths), 1), 2)
 
 
 def summarize(wall: float, stages: dict[str, float], bare_s: float, warmup_s: float, rows: int,

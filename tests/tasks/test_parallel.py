@@ -92,3 +92,12 @@ def test_a_killed_two_process_run_resumes_to_where_an_uninterrupted_one_ends(set
     assert resumed.train.losses == whole.train.losses  # to the 5 decimals the report keeps
     assert predict(load_classifier(resumed.path), batch.test["text"].tolist(), batch_size=32, max_length=16) == \
         predict(load_classifier(whole.path), batch.test["text"].tolist(), batch_size=32, max_length=16)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason=f"{torch.cuda.device_count()} CUDA device(s): NCCL needs 2")
+def test_two_gpus_train_with_nccl_like_one(setting, tmp_path):
+    params, champion, batch = setting
+    params = with_overrides(params, {"train.device": "cuda", "train.early_stopping_patience": 0, "train.epochs": 20})
+    two = train_candidate(champion_dir=champion, train_rows=batch.train, out_dir=tmp_path / "two",
+                          params=with_overrides(params, {"train.processes": 2}))
+    assert two.train.device == "cuda" and two.train.processes == 2 and accuracy(two.path, batch.test) > 0.6
