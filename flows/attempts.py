@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import get_run_logger
 
+from flows.exam_dask import examine_on_dask
 from flows.steps import evaluate_task, finetune_task, gate_task
 
 from tasks.judge.answers import lineage_answers
@@ -55,6 +56,13 @@ class Exam:
     reuse: Reuse | None = None  # how many of the champion's answers came from its store
 
 
+def _examine(kind, model_dir, exam: pd.DataFrame, new_ids: list[str], params: Params, reuse: bool = False):
+    """The exam in this process (a task), or on Dask (a subflow) when `evaluate.dask` is set."""
+    if params.evaluate.dask:
+        return examine_on_dask(kind, model_dir, exam, new_ids, params, reuse)
+    return evaluate_task(kind, model_dir, exam, new_ids, params, reuse)
+
+
 def examine_champion(run, champion_dir, batch_id: str, lineage: list[str], pending: list[str]) -> Exam:
     """The exam (every lineage batch's held-out rows plus this batch's) and the champion's
     answers on it, once for all attempts: its stored ones where they are sound, the model's
@@ -63,7 +71,7 @@ def examine_champion(run, champion_dir, batch_id: str, lineage: list[str], pendi
     # --force on a batch already in the lineage must not put its held-out rows in twice
     exam = load_exam(run.ws.exam_dir, [b for b in lineage if b != batch_id] + [batch_id])
     new_ids = [batch_id, *[b for b in pending if b != batch_id]]
-    champ, reuse = evaluate_task(run.kind, champion_dir, exam, new_ids, params, params.evaluate.reuse_answers) \
+    champ, reuse = _examine(run.kind, champion_dir, exam, new_ids, params, params.evaluate.reuse_answers) \
         if run.champion else (None, None)
     if reuse:
         get_run_logger().info("champion answers: %s", reuse.summary())
@@ -76,7 +84,7 @@ def _attempt(run, params: Params, champion_dir, split: Split, batch_id: str, exa
     pool = load_train(exam.learned, run.ws) if params.replay.pool == "lineage" and exam.learned else None
     candidate = finetune_task(champion_dir, split.train, run.ws.scratch_dir / key, params, split.dev, pool,
                               training=run.kind.training)
-    sheets, _ = evaluate_task(run.kind, candidate.path, exam.rows, exam.new_ids, params)
+    sheets, _ = _examine(run.kind, candidate.path, exam.rows, exam.new_ids, params)
     decision = gate_task(sheets, exam.champion, params.gate, params.train.seed, exam.history,
                          run.kind.statistic(params.gate))
     return candidate, sheets, decision

@@ -166,6 +166,10 @@ class EvaluateConfig:
     # the champion answers only the exam rows it has no stored answer for (tasks/judge/reuse.py);
     # false: it answers every row again. The score sheets are the same either way.
     reuse_answers: bool = True
+    # the exam's model answers in row shards on Dask (flows/exam_dask.py): "" = one process,
+    # "local" = a LocalCluster of `dask_workers` processes, else a scheduler address
+    dask: str = ""
+    dask_workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -382,6 +386,10 @@ def params_from_dict(raw: dict[str, Any] | None, _check_ladder: bool = True) -> 
     mirror = params.registry.mirror
     if mirror and not (mirror.startswith("s3://") and mirror[len("s3://"):].strip("/")):
         raise ConfigError(f"params: registry.mirror must be an s3://bucket/prefix URI, got {mirror!r}")
+    dask = params.evaluate.dask
+    if dask not in ("", "local") and "://" not in dask or params.evaluate.dask_workers < 1:
+        raise ConfigError(f"params: evaluate.dask must be '', 'local' or a scheduler address like tcp://host:8786 "
+                          f"(got {dask!r}), and evaluate.dask_workers at least 1")
     if params.remediation.max_attempts < 1:
         raise ConfigError("params: remediation.max_attempts must be at least 1")
     if _check_ladder:  # every rung must build valid params now, not at the first rejection

@@ -16,6 +16,7 @@ reused answers does not give back the outcomes stored with them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import pandas as pd
 
@@ -72,23 +73,33 @@ def disagreement(stored: pd.DataFrame, rows: dict, known: dict[int, str], needed
     return None
 
 
-def examine(kind, model_dir, exam: pd.DataFrame, new_ids: list[str], params, reuse: bool = False) -> tuple[dict, Reuse]:
+def examine(kind, model_dir, exam: pd.DataFrame, new_ids: list[str], params, reuse: bool = False,
+            answer: Callable[[pd.DataFrame], list[str]] | None = None) -> tuple[dict, Reuse]:
     """The task type's score sheets for the model at `model_dir` on `exam`, each row's
     content hash added to "rows" (stored with a promoted version), and how they were made.
-    `reuse`: answer rows from the answers stored in `model_dir` where they are sound."""
+    `reuse`: answer rows from the answers stored in `model_dir` where they are sound.
+    `answer(rows)`: the model's answers ("pred") on those exam rows, computed elsewhere
+    (the exam on Dask, flows/exam_dask.py); the kind then only scores."""
     exam = exam.reset_index(drop=True)
     content = row_content(exam)
+
+    def with_answers(known: dict[int, str]) -> dict[int, str] | None:
+        todo = [i for i in range(len(exam)) if i not in known]
+        if answer is None or model_dir is None or not todo:
+            return known or None
+        return {**known, **dict(zip(todo, answer(exam.iloc[todo])))}
+
     why = None if reuse else "not asked (evaluate.reuse_answers: false)"
     if reuse and model_dir is not None:
         needed = tuple(dict.fromkeys(("correct", *kind.statistic(params.gate).columns)))
         stored = read_stored(model_dir)
         known, why = known_answers(stored, row_keys(exam), content, needed)
         if known:
-            sheets = kind.evaluate(model_dir, exam, new_ids, params, known)
+            sheets = kind.evaluate(model_dir, exam, new_ids, params, with_answers(known))
             why = disagreement(stored, sheets["rows"], known, needed)
             if why is None:
                 return _with_content(sheets, content), Reuse(len(known), len(exam) - len(known))
-    sheets = kind.evaluate(model_dir, exam, new_ids, params)
+    sheets = kind.evaluate(model_dir, exam, new_ids, params, with_answers({}))
     return _with_content(sheets, content), Reuse(0, len(exam), why)
 
 
