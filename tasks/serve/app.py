@@ -62,6 +62,14 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error_code": CODES.get(status, "ERROR"), "message": message}, status, headers=headers)
 
 
+def _chars(item) -> int:
+    """Characters of one input: a string's, or a sentence's words together (a wrong type: 0,
+    the kind's parse names it)."""
+    if isinstance(item, str):
+        return len(item)
+    return sum(len(w) for w in item if isinstance(w, str)) if isinstance(item, list) else 0
+
+
 def inputs_of(body: bytes, limits: Limits) -> list:
     """The request's inputs, or Refused with the reason."""
     try:
@@ -76,8 +84,7 @@ def inputs_of(body: bytes, limits: Limits) -> list:
     if len(inputs) > limits.max_inputs:
         raise Refused(413, f"{len(inputs)} inputs in one request; at most {limits.max_inputs}")
     for i, item in enumerate(inputs):
-        size = len(item) if isinstance(item, str) else sum(len(w) for w in item if isinstance(w, str)) \
-            if isinstance(item, list) else 0
+        size = _chars(item)
         if size > limits.max_chars:
             raise Refused(413, f"inputs[{i}] has {size} characters; at most {limits.max_chars}")
     return inputs
@@ -157,9 +164,9 @@ def build_app(follower: Follower, *, token: str | None = None, limits: Limits = 
         try:
             if not authorised(request):
                 raise Refused(401, "a bearer token is required")
-            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if kind != "application/json":
-                raise Refused(415, f"Content-Type must be application/json, got {kind or 'none'!r}")
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json":
+                raise Refused(415, f"Content-Type must be application/json, got {media or 'none'!r}")
             inputs = inputs_of(await read_body(request, limits.max_body_bytes), limits)
             try:
                 parsed = follower.current.predictor.parse(inputs)
