@@ -32,8 +32,6 @@ def _batch(task: str, path: Path) -> None:
 
 
 @pytest.mark.parametrize("task", ["classification", "ner"])
-@pytest.mark.xfail(reason="clean-clone CI at stop 27: reproduced weights matched v0002, not v0001; to fix next stop",
-                   strict=False)
 def test_dvc_repro_reproduces_the_first_promotion(task, repo, tmp_path, prefect_server):
     from conftest import TINY_NER_PARAMS, TINY_PARAMS
 

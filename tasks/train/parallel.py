@@ -8,9 +8,10 @@ training on its share of every batch, gradients averaged by one all-reduce per s
 So a 2-process run takes the same steps with the same schedule as a 1-process one, and
 every rank holds the same weights. Rank 0 writes the checkpoints (and every rank's RNG
 state with them), so a killed run resumes where it stopped, and it hands the trained
-weights and the report back to the caller. Unlike a 1-process run, two runs are not
-bitwise identical: each is a set of new processes, and the CPU kernels' summation order
-follows where tensors sit in memory (measured: weights equal to about 1e-6).
+weights and the report back to the caller. Each rank trains its own copy of the
+weights (spawn would otherwise share the caller's tensors between the ranks), so two
+runs of the same inputs, and a killed run resumed, end with bitwise the same weights on
+CPU, like a 1-process run (tests/tasks/test_parallel.py).
 
 The children die with the parent (PR_SET_PDEATHSIG on Linux): a SIGKILLed flow leaves
 no rank behind holding the port or a GPU.
@@ -49,6 +50,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _own_copy(model: torch.nn.Module) -> None:
+    """Give this rank its own weights. Spawn hands `clf` over through torch's pickler,
+    which moves its tensors into shared memory: without a copy every rank (and the
+    caller) would step the same storage, racing, once per rank."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+
+
 def backend_for(cfg: TrainConfig) -> str:
     """nccl with a GPU per rank, else gloo; refuses more CUDA ranks than GPUs."""
     device, _ = pick_device(cfg)
@@ -63,6 +73,7 @@ def _rank(rank: int, world: int, backend: str, port: int, threads: int, clf: Cla
           cfg: TrainConfig, model_cfg: ModelConfig, run_dir, head, out: Path) -> None:
     _die_with_parent()
     torch.set_num_threads(threads)
+    _own_copy(clf.model)
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         report = finetune(clf, data, cfg=cfg, model_cfg=model_cfg, run_dir=run_dir, head=head, rank=rank, world=world)

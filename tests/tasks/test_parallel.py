@@ -2,9 +2,9 @@
 the 2-process candidate takes the 1-process candidate's steps (early stopping aside: the
 dev losses differ a little) and reaches its accuracy;
 a 2-process run SIGKILLed after a checkpoint resumes and ends where an uninterrupted
-2-process run ends (the same steps, losses and answers; the weights all but equal: two
-sets of new processes are not bitwise alike, and Adam magnifies last-bit differences in
-the gradients of rare tokens' embedding rows); the report says how it ran."""
+2-process run ends, bitwise (each rank steps its own copy of the weights: before it
+did, spawn's shared tensors let both ranks step one storage, racing, and two runs ended
+0.3% apart); the report says how it ran."""
 
 from __future__ import annotations
 
@@ -67,7 +67,6 @@ def _train(kwargs: dict) -> None:
     train_candidate(**kwargs)
 
 
-@pytest.mark.xfail(reason="clean-clone CI at stop 27: weights 0.007 apart after the resume; to fix next stop", strict=False)
 def test_a_killed_two_process_run_resumes_to_where_an_uninterrupted_one_ends(setting, tmp_path):
     params, champion, batch = setting
     params = with_overrides(params, {"train.processes": 2, "train.checkpoint_every": 2, "train.epochs": 12,
@@ -88,8 +87,7 @@ def test_a_killed_two_process_run_resumes_to_where_an_uninterrupted_one_ends(set
     resumed = train_candidate(out_dir=out, **kw)
     assert resumed.train.resumed_from_step >= 2 and resumed.train.steps == whole.train.steps
     a, b = load_classifier(whole.path).model.state_dict(), load_classifier(resumed.path).model.state_dict()
-    change = sum(float((a[n] - b[n]).double().pow(2).sum()) for n in a) / sum(float(a[n].double().pow(2).sum()) for n in a)
-    assert change < 1e-8, change  # relative squared distance of all the weights
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     assert resumed.train.losses == whole.train.losses  # to the 5 decimals the report keeps
     assert predict(load_classifier(resumed.path), batch.test["text"].tolist(), batch_size=32, max_length=16) == \
         predict(load_classifier(whole.path), batch.test["text"].tolist(), batch_size=32, max_length=16)
