@@ -185,8 +185,9 @@ def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: s
                             "attempts": tried, "pending": [b.name for b in stream.pending],
                             "new_rows": cand.train.new_rows, "replay_rows": cand.train.replay_rows,
                             "train_samples": cand.train.samples, "train_s": cand.train.seconds})
-        # one line a batch: a run stopped before its strategy ends still says how far it got
-        print(json.dumps({"batch_done": run.batches[-1], "samples": run.samples,
+        # one line a batch, with its row of the accuracy matrix: a run stopped before its
+        # strategy ends still says how far it got and what production knew at each step
+        print(json.dumps({"batch_done": run.batches[-1], "row": run.matrix[-1], "samples": run.samples,
                           "wall_s": round(time.perf_counter() - started, 1)}), flush=True)
     answers.forget(stream.champion)
     run.wall_s = time.perf_counter() - started
