@@ -17,8 +17,9 @@ from flows.retrain import retrain
 from tasks.registry.store import Registry
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], cwd: Path, threads: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env |= {"OMP_NUM_THREADS": str(threads)} if threads else {}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -60,7 +61,11 @@ def test_dvc_repro_reproduces_the_first_promotion(task, repo, tmp_path, prefect_
     assert meta["dvc_data_hash"] and (ws / "data.dvc").exists() and meta["task"] == task
     assert (ws / "models" / "versions.dvc").exists() and (ws / "audit" / "metrics.json").exists()
 
-    first = _run(["dvc", "repro"], ws)
+    # CPU weights are bitwise the same only with the same torch thread count: the version
+    # records it (earlier tests may have changed this process's), and the audit replays it
+    threads = meta["train"]["threads"]
+    assert threads >= 1
+    first = _run(["dvc", "repro"], ws, threads)
     assert first.returncode == 0, first.stdout + first.stderr
     promotion = json.loads((ws / "build" / "promote" / "promotion.json").read_text())
     assert promotion == {**promotion, "status": "reproduced", "version": "v0001"}
@@ -74,7 +79,7 @@ def test_dvc_repro_reproduces_the_first_promotion(task, repo, tmp_path, prefect_
     assert json.loads((ws / "build" / "gate" / "metrics.json").read_text())["promote"] is True
     assert json.loads((ws / "build" / "promote" / "metrics.json").read_text())["reproduced"] is True
 
-    second = _run(["dvc", "repro"], ws)
+    second = _run(["dvc", "repro"], ws, threads)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "up to date" in second.stdout
     assert Registry(ws / "models").versions() == ["v0001"]

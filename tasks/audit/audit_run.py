@@ -177,14 +177,16 @@ def _restore(tree: Path, ws: Workspace, reg: Registry, meta: dict) -> list[Diffe
     return diffs
 
 
-def _env(tree: Path) -> dict[str, str]:
-    # the stages must import the revision's tasks/, with this interpreter on PATH
+def _env(tree: Path, threads: int = 0) -> dict[str, str]:
+    # the stages must import the revision's tasks/, with this interpreter on PATH; on CPU they
+    # train with the recorded torch thread count, without which the weights differ in the last bits
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(tree)}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(tree)}
+    return env | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
 
 
-def _dvc(tree: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=tree, env=_env(tree),
+def _dvc(tree: Path, *args: str, check: bool = True, threads: int = 0) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=tree, env=_env(tree, threads),
                           capture_output=True, text=True)
     if check and done.returncode != 0:
         raise AuditError(f"dvc {' '.join(args)} failed: {(done.stderr or done.stdout).strip()[-2000:]}")
@@ -250,7 +252,8 @@ def audit_in_tree(tree: Path, ws: Workspace, reg: Registry, meta: dict, override
         report.notes.append("params.yaml at the revision differs from the recorded params (a --set run?): "
                             + ", ".join(revision_diffs[:SHOWN]) + "; the recorded params were replayed")
     (tree / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    done = _dvc(tree, "repro", "--force", "--no-run-cache", "gate", check=False)
+    done = _dvc(tree, "repro", "--force", "--no-run-cache", "gate", check=False,
+                threads=(meta.get("train") or {}).get("threads", 0))
     if done.returncode != 0:
         report.differences.append(Difference("pipeline", "completed", (done.stderr or done.stdout).strip()[-800:]))
         return report

@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 
 from tasks.core.config import Params
 from tasks.train.distill import teacher_logits
@@ -159,6 +160,7 @@ def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     else:
         report = finetune(clf, data, cfg=cfg, model_cfg=params.model, run_dir=run_dir, on_step=on_step,
                           head=training.head)
+    report = replace(report, threads=torch.get_num_threads())
     buffer.add(training.to_buffer(train_rows))
     _write_atomically(out_dir, clf, buffer, report.to_dict() | {"new_labels": new_labels})
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -84,6 +84,9 @@ class TrainReport:
     truncated_texts: int = 0            # training rows longer than model.max_length tokens, cut
     processes: int = 1                  # data-parallel world size (train.processes)
     samples_per_s_per_process: float = 0.0
+    # torch intra-op threads of the process that trained: on CPU the same seed gives the same
+    # weights bitwise only with the same count (reduction order), so an audit replays it
+    threads: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
