@@ -260,6 +260,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="strategies run at once, each in its own process (default: 2 on 2+ cores)")
     ap.add_argument("--no-isolate", action="store_true", help="run strategies in this process")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--merge", type=Path, default=None, metavar="JSON",
+                    help="lay the strategies run now over this earlier result of the same stream and scale "
+                         "(each keeps the date, command and machine of its own run) and write it to --out")
     return ap.parse_args(argv)
 
 
@@ -300,6 +303,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     def done(run: StreamRun) -> None:
         path = args.out / f"continual_{run.stream}_{args.scale}.json"
         doc = run.finish()
+        if args.merge:
+            doc = merge(json.loads(args.merge.read_text()), doc)
         _write(doc, path)
         written.append(path)
         if not args.no_plots:
@@ -310,6 +315,25 @@ def main(argv: list[str] | None = None) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="ratchet-bench-") as work:
         run_all(runs, Path(work), isolate=not args.no_isolate, jobs=jobs, on_done=done)
     return written
+
+
+def merge(earlier: dict, later: dict) -> dict:
+    """`later`'s measured strategies laid over `earlier` (the same stream rows, checked by
+    fingerprint): strategies run at different times, each with its own run's date,
+    command and machine under `details[name]["run"]`; the rest of `earlier` stays."""
+    if earlier["stream_info"]["fingerprint"] != later["stream_info"]["fingerprint"]:
+        raise SystemExit(f"--merge: {later['stream']} rows differ from the earlier result's (fingerprint "
+                         f"{later['stream_info']['fingerprint']} vs {earlier['stream_info']['fingerprint']})")
+    measured = [k for k, d in later["details"].items() if d.get("batches")]
+    out = json.loads(json.dumps(earlier))
+    for details in out["details"].values():
+        details.setdefault("run", {k: earlier[k] for k in ("date", "command", "machine")})
+    for name in measured:
+        out["strategies"][name] = later["strategies"][name]
+        out["details"][name] = later["details"][name] | {"run": {k: later[k] for k in ("date", "command", "machine")}}
+        out["skipped"].pop(name, None)
+    out["date"], out["command"] = later["date"], f"{earlier['command']}; then {later['command']}"
+    return out
 
 
 def _caps(caps: Caps, args: argparse.Namespace) -> Caps:

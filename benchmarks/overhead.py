@@ -1,14 +1,17 @@
 """What the platform costs: the whole `retrain` flow against the bare training function.
 
-    python -m benchmarks.overhead                 # 1,500-row batch + 1k/10k/100k stage timings
+    python -m benchmarks.overhead                 # 1,500- and 13,500-row deliveries + 1k/10k/100k stage timings
+    python -m benchmarks.overhead --domains 1     # the 1,500-row delivery only
     python -m benchmarks.overhead --skip-flow     # stage timings only (no training)
 
 1. Flow vs bare training. In a fresh workspace, CLINC150's first domain is delivered
    (this starts Prefect's temporary server and creates the champion; timed apart), then
-   the second domain (1,500 training rows) runs through the whole `retrain` flow. Each
-   stage's time is read back from Prefect's own task-run records; orchestration is the
+   the next domain (1,500 training rows; with `--domains 9` the next nine as one delivery,
+   13,500 rows) runs through the whole `retrain` flow. Each stage's time is read back from Prefect's own task-run records; orchestration is the
    flow's wall time not spent inside any task. Then `train_candidate` alone fine-tunes
-   the same champion on the same 1,500 rows: the bare cost of learning the batch.
+   the same champion on the same rows: the bare cost of learning the batch.
+   Last, `trainer_vs_bare`: the training loop itself against a plain PyTorch loop on the
+   same rows and batches (benchmarks/bare_loop.py), as a ratio of samples/s.
 2. Stage timings for 1k, 10k and 100k-row batches: intake (parse + split), validation
    (Great Expectations) and drift (Evidently) through the same task functions the flow
    calls. Rows are drawn with replacement from CLINC150 and Banking77 texts.
@@ -60,26 +63,40 @@ def task_seconds(flow_run_id, patience_s: float = 30.0) -> dict[str, float]:
     return out
 
 
-def flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
+def flow_vs_bare(params_path: Path, overrides: dict, workdir: Path, domains: int = 1,
+                 compare_loops: bool = True) -> dict:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
     # Prefect may already be imported (and its settings read) before offline_env ran
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
-        return _flow_vs_bare(params_path, overrides, workdir)
+        return _flow_vs_bare(params_path, overrides, workdir / f"domains-{domains}", domains, compare_loops)
 
 
-def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
-    from flows.retrain import retrain
+def deliveries(landing: Path, domains: int) -> tuple[Path, Path]:
+    """CLINC150's first domain, then the next `domains` domains as one delivery (1,500
+    training rows a domain)."""
     from flows.stream import write_clinc150_batches
+
+    paths = write_clinc150_batches(landing / "parts", 1 + domains)
+    second = landing / f"02_next_{domains}_domains.csv"
+    pd.concat([pd.read_csv(p) for p in paths[1:]], ignore_index=True).to_csv(second, index=False)
+    first = landing / paths[0].name
+    shutil.move(paths[0], first)
+    shutil.rmtree(landing / "parts")
+    return first, second
+
+
+def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path, domains: int, compare_loops: bool) -> dict:
+    from flows.retrain import retrain
     from tasks.core.config import load_params
     from tasks.train.finetune import train_candidate
     from tasks.intake.batch import parse_bytes, split_batch
     from tasks.registry.store import Registry
 
     ws = workdir / "ws"
-    ws.mkdir()
+    ws.mkdir(parents=True)
     shutil.copyfile(params_path, ws / "params.yaml")
-    first, second = write_clinc150_batches(ws / "data" / "landing", 2)
+    first, second = deliveries(ws / "data" / "landing", domains)
     started = time.perf_counter()
     retrain(batch=str(first), workspace=str(ws), overrides=overrides)
     warmup_s = time.perf_counter() - started
@@ -99,11 +116,43 @@ def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path) -> dict:
     bare = train_candidate(champion_dir=champion, train_rows=split.train, dev_rows=split.dev, out_dir=workdir / "bare",
                            params=params)
     bare_s = time.perf_counter() - started
-    return summarize(wall, stages, bare_s, warmup_s, len(split.train), outcome["status"], bare.train.samples) | {
+    loop = trainer_vs_bare(champion, split.train, split.dev, params, workdir) if compare_loops else None
+    print(f"[trainer vs bare] {loop}", flush=True)
+    return {"trainer_vs_bare": loop} | summarize(wall, stages, bare_s, warmup_s, len(split.train), outcome["status"], bare.train.samples) | {
         "bare_train": {k: getattr(bare.train, k) for k in ("device", "precision", "samples_per_s", "processes",
                                                            "samples_per_s_per_process", "peak_memory_mb",
                                                            "peak_memory_kind", "steps")},
         "bare_train_mean_tokens": mean_tokens(champion or params.model.base, split.train, params.model.max_length)}
+
+
+def trainer_vs_bare(champion: str | None, rows: pd.DataFrame, dev: pd.DataFrame, params, workdir: Path) -> dict:
+    """Ratchet's trainer (`finetune`: dev loss each epoch, early stopping, checkpoints every
+    `train.checkpoint_every` steps, progress) against a plain PyTorch loop
+    (benchmarks/bare_loop.py) on the same rows from the same weights, bare first.
+    Replay and distillation are left out: both loops learn `rows` alone."""
+    from benchmarks.bare_loop import bare_finetune
+    from tasks.train.finetune import SENTENCES
+    from tasks.train.trainloop import TrainSet, finetune
+
+    warm = champion is not None
+    clf, _, _ = SENTENCES.starting_point(champion, rows, params)
+    bare = bare_finetune(clf, rows, params.train, params.model.max_length)
+    clf, _, _ = SENTENCES.starting_point(champion, rows, params)
+    started = time.perf_counter()
+    report = finetune(clf, TrainSet(rows, 0, dev, None, warm=warm), cfg=params.train, model_cfg=params.model,
+                      run_dir=workdir / "trainer.run")
+    seconds = time.perf_counter() - started
+    trainer = {"samples": report.samples, "steps": report.steps, "seconds": round(seconds, 2),
+               "samples_per_s": round(report.samples / seconds, 1), "stopped_early": report.stopped_early,
+               "checkpoint_every": params.train.checkpoint_every, "dev_rows": len(dev),
+               "dev_loss_s": report.dev_s, "checkpoint_s": report.checkpoint_s}
+    # the loop's own cost per step, apart from the two things it does that a bare loop does not
+    steps_only = seconds - report.dev_s - report.checkpoint_s
+    trainer["samples_per_s_steps_only"] = round(report.samples / steps_only, 1)
+    shutil.rmtree(workdir / "trainer.run", ignore_errors=True)
+    return {"rows": len(rows), "bare": bare, "trainer": trainer,
+            "ratio": round(trainer["samples_per_s"] / bare["samples_per_s"], 4),
+            "ratio_steps_only": round(trainer["samples_per_s_steps_only"] / bare["samples_per_s"], 4)}
 
 
 def mean_tokens(model: str | Path, rows: pd.DataFrame, max_length: int) -> float:
@@ -132,6 +181,15 @@ def summarize(wall: float, stages: dict[str, float], bare_s: float, warmup_s: fl
         "overhead_share_without_evaluation": round((wall - bare_s - evaluation) / wall, 4),
         "first_run_with_server_start_s": round(warmup_s, 2),
     }
+
+
+def by_size(runs: list[dict]) -> dict:
+    """The flow-vs-bare runs keyed by the delivery's training rows, the first size also
+    under `flow_vs_bare` (the key earlier results used), and the loop comparison."""
+    out = {"flow_vs_bare": runs[0], "overhead_share": {str(r["batch_train_rows"]): r["overhead_share"] for r in runs},
+           "by_size": {str(r["batch_train_rows"]): r for r in runs}}
+    loop = next((r["trainer_vs_bare"] for r in runs if r.get("trainer_vs_bare")), None)
+    return out | ({"trainer_vs_bare": loop} if loop else {})
 
 
 def synthetic_batch(rows: int, seed: int = 0) -> pd.DataFrame:
@@ -179,6 +237,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--params", type=Path, default=REPO / "params.yaml")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--domains", default="1,9", help="CLINC150 domains in the measured delivery, one run each "
+                    "(1,500 training rows a domain); the trainer-vs-bare-loop comparison runs on the first")
     ap.add_argument("--skip-flow", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = ap.parse_args(argv)
@@ -192,8 +252,12 @@ def main(argv: list[str] | None = None) -> Path:
            "command": shlex.join(["python", "-m", "benchmarks.overhead", *argv])}
     with tempfile.TemporaryDirectory(prefix="ratchet-overhead-") as tmp:
         if not args.skip_flow:
-            doc["flow_vs_bare"] = flow_vs_bare(args.params, overrides, Path(tmp))
-            print(f"[flow] {doc['flow_vs_bare']}", flush=True)
+            runs = []
+            for i, domains in enumerate(int(x) for x in args.domains.split(",")):
+                runs.append(flow_vs_bare(args.params, overrides, Path(tmp), domains, compare_loops=i == 0))
+                print(f"[flow] {runs[-1]}", flush=True)
+                _write(doc | by_size(runs), args.out)  # each size as it finishes
+            doc |= by_size(runs)
         doc["stages"] = stage_timings([int(x) for x in args.sizes.split(",")], args.params, Path(tmp))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     return _write(doc, args.out)

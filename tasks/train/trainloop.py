@@ -42,6 +42,7 @@ from tasks.train.distill import distill_loss
 from tasks.train.model import Classifier, count_truncated, freeze_lower_layers
 
 log = logging.getLogger(__name__)
+LOG_EVERY = 50  # steps between a log line (and a read-back of the losses to the host)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class TrainReport:
     # torch intra-op threads of the process that trained: on CPU the same seed gives the same
     # weights bitwise only with the same count (reduction order), so an audit replays it
     threads: int = 0
+    # of `seconds`: the dev loss for early stopping, and writing checkpoints
+    dev_s: float = 0.0
+    checkpoint_s: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -220,7 +224,7 @@ def fingerprint(clf: Classifier, data: TrainSet, cfg: TrainConfig, model_cfg: Mo
 def _fresh_loop() -> dict[str, Any]:
     return {"epoch": 0, "batch": 0, "step": 0, "losses": [], "dev_losses": [], "best_loss": None,
             "best_state": None, "bad_epochs": 0, "stopped": False, "new_samples": 0, "replay_samples": 0,
-            "seconds": 0.0}
+            "seconds": 0.0, "dev_s": 0.0, "checkpoint_s": 0.0}
 
 
 @torch.inference_mode()
@@ -243,7 +247,9 @@ def _end_epoch(loop: dict, clf: Classifier, dev, cfg: TrainConfig, device, autoc
     """Dev loss; keep the best weights; stop after `patience` epochs without a better one."""
     if dev is None:
         return
+    started = time.perf_counter()
     loss = _dev_loss(clf, dev, device, autocast, head)
+    loop["dev_s"] = loop.get("dev_s", 0.0) + time.perf_counter() - started
     loop["dev_losses"].append(loss)
     if loop["best_loss"] is None or loss < loop["best_loss"]:
         loop["best_loss"], loop["bad_epochs"] = loss, 0
@@ -330,16 +336,27 @@ def _ranks_rng(world: int) -> list[dict]:
     return states
 
 
-def _record(loop: dict, idx: np.ndarray, loss: torch.Tensor, new_rows: int, started: float, bar, total: int) -> None:
-    """Advance the loop's position and counters after a step; progress bar and log."""
+def _flush(loop: dict, pending: list[torch.Tensor]) -> None:
+    """Read the steps' losses back to the host in one go: on a GPU, reading each step's
+    would make the host wait for the device every step."""
+    if pending:
+        loop["losses"] += [round(v, 5) for v in torch.stack(pending).float().tolist()]
+        pending.clear()
+
+
+def _record(loop: dict, idx: np.ndarray, loss: torch.Tensor, new_rows: int, started: float, bar, total: int,
+            pending: list[torch.Tensor]) -> None:
+    """Advance the loop's position and counters after a step; progress bar and log every
+    LOG_EVERY steps (when the losses are read back)."""
     replayed = int((idx >= new_rows).sum())
     loop.update(batch=loop["batch"] + 1, step=loop["step"] + 1, seconds=time.perf_counter() - started,
                 new_samples=loop["new_samples"] + len(idx) - replayed, replay_samples=loop["replay_samples"] + replayed)
-    loop["losses"].append(round(float(loss.detach()), 5))
-    rate = (loop["new_samples"] + loop["replay_samples"]) / max(loop["seconds"], 1e-9)
+    pending.append(loss.detach())
     bar.update(1)
-    bar.set_postfix(loss=loop["losses"][-1], samples_s=round(rate))
-    if loop["step"] % 50 == 0 or loop["step"] == total:
+    if loop["step"] % LOG_EVERY == 0 or loop["step"] == total:
+        _flush(loop, pending)
+        rate = (loop["new_samples"] + loop["replay_samples"]) / max(loop["seconds"], 1e-9)
+        bar.set_postfix(loss=loop["losses"][-1], samples_s=round(rate))
         log.info("epoch %d step %d/%d loss %.4f  %.0f samples/s", loop["epoch"] + 1, loop["step"], total,
                  loop["losses"][-1], rate)
 
@@ -381,7 +398,7 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter() - loop["seconds"]
-    bar = _progress(total, resumed, show=rank == 0)
+    bar, pending = _progress(total, resumed, show=rank == 0), []
     while loop["epoch"] < epochs and not loop["stopped"]:
         batches = epoch_batches(lengths, cfg, loop["epoch"])
         while loop["batch"] < len(batches) and loop["step"] < total:
@@ -391,14 +408,18 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
             with autocast:
                 loss = _loss(model, inputs, target, mine, data, teacher, cfg, head)
             _optimize(loss, model, opt, sched, cfg, world)
-            _record(loop, idx, _mean_over_ranks(loss, world), data.new_rows, started, bar, total)
+            _record(loop, idx, _mean_over_ranks(loss, world), data.new_rows, started, bar, total, pending)
             if every and loop["step"] % every == 0:
+                _flush(loop, pending)
                 if world > 1:
                     loop["rank_rng"] = _ranks_rng(world)
                 if rank == 0:
+                    started_save = time.perf_counter()
                     save_checkpoint(run_dir, fingerprint=key, model=model, optimizer=opt, scheduler=sched, loop=loop)
+                    loop["checkpoint_s"] = loop.get("checkpoint_s", 0.0) + time.perf_counter() - started_save
             if on_step:
                 on_step(loop["step"])
+        _flush(loop, pending)
         # also after a max_steps cut, and after resuming from a checkpoint taken at the
         # epoch's last step, so both runs see the same dev losses
         _end_epoch(loop, clf, dev, cfg, device, autocast, head)
@@ -436,5 +457,6 @@ def _finish(clf, data: TrainSet, loop: dict, device, amp_dtype, resumed: int, ke
         peak_memory_mb=peak, peak_memory_kind=kind,
         final_loss=loop["losses"][-1] if loop["losses"] else None, dev_loss=dev_loss,
         stopped_early=loop["stopped"], resumed_from_step=resumed, losses=loop["losses"],
-        dev_losses=loop["dev_losses"], inputs_sha256=key,
+        dev_losses=loop["dev_losses"], inputs_sha256=key, dev_s=round(loop.get("dev_s", 0.0), 2),
+        checkpoint_s=round(loop.get("checkpoint_s", 0.0), 2),
     )

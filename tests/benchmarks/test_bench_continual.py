@@ -148,6 +148,24 @@ def test_cli_writes_json_with_its_command(tmp_path):
     assert [b["train"] for b in doc["stream_info"]["batches"]] == [45, 45]
 
 
+def test_merge_lays_a_later_strategy_over_an_earlier_result(tmp_path):
+    """A strategy run later (another session, another machine) joins the stream's JSON with
+    its own provenance; the earlier strategies and joint's cost estimate stay."""
+    base = ["--stream", "clinc150", "--caps", "3,1,2", "--batches", "2", "--set", "model.base=tiny",
+            "--set", "train.epochs=1", "--no-isolate", "--no-plots"]
+    [first] = main([*base, "--strategies", "naive,joint", "--out", str(tmp_path / "a")])
+    [merged] = main([*base, "--strategies", "replay", "--out", str(tmp_path / "b"), "--merge", str(first)])
+    earlier, doc = json.loads(first.read_text()), json.loads(merged.read_text())
+    assert list(doc["strategies"]) == ["naive", "joint", "retrain_each", "replay"]
+    assert doc["strategies"]["retrain_each"] == earlier["strategies"]["retrain_each"]
+    assert doc["details"]["naive"]["run"]["date"] == earlier["date"]
+    assert "--strategies replay" in doc["details"]["replay"]["run"]["command"]
+    other = {**earlier, "stream_info": {**earlier["stream_info"], "fingerprint": "0"}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="rows differ"):
+        main([*base, "--strategies", "replay", "--out", str(tmp_path / "c"), "--merge", str(tmp_path / "other.json")])
+
+
 def test_two_strategies_at_a_time_in_their_own_processes(tmp_path):
     argv = ["--stream", "clinc150", "--caps", "3,1,2", "--batches", "2", "--strategies", "joint,naive",
             "--set", "model.base=tiny", "--set", "train.epochs=1", "--out", str(tmp_path), "--jobs", "2",

@@ -29,3 +29,25 @@ def test_stage_timings_run_the_real_validation_and_drift(repo, tmp_path):
     assert row["rows"] == 200 and row["validation_passed"] is True
     assert (tmp_path / "drift-200" / "drift.json").exists()
     assert min(row["intake_s"], row["validate_s"], row["drift_s"]) >= 0
+
+
+def test_the_bare_loop_takes_the_trainers_steps_on_the_same_rows(tmp_path, one_torch_thread):
+    """trainer_vs_bare compares like with like: the same rows, steps and samples (early
+    stopping off), both loops learn, and the ratio is the two rates'."""
+    from conftest import TINY_PARAMS, toy_frame
+
+    from benchmarks.overhead import trainer_vs_bare
+    from tasks.core.config import load_params
+
+    (tmp_path / "params.yaml").write_text(TINY_PARAMS)
+    params = load_params(tmp_path / "params.yaml", {"train.epochs": 3, "train.min_steps": 0,
+                                                     "train.early_stopping_patience": 0,
+                                                     "train.checkpoint_every": 2})
+    rows = toy_frame(["weather", "music"], per_label=24, seed=3)
+    out = trainer_vs_bare(None, rows[["text", "label"]], rows[["text", "label"]].head(8), params, tmp_path)
+    bare, trainer = out["bare"], out["trainer"]
+    assert (bare["steps"], bare["samples"]) == (trainer["steps"], trainer["samples"]) == (9, 144)
+    assert out["ratio"] == pytest.approx(trainer["samples_per_s"] / bare["samples_per_s"], rel=1e-3)
+    assert trainer["checkpoint_s"] > 0 and trainer["dev_loss_s"] > 0  # 4 checkpoints, 3 dev losses
+    assert trainer["samples_per_s_steps_only"] >= trainer["samples_per_s"]
+    assert not (tmp_path / "trainer.run").exists()
