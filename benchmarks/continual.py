@@ -332,7 +332,8 @@ def merge(earlier: dict, later: dict) -> dict:
         out["strategies"][name] = later["strategies"][name]
         out["details"][name] = later["details"][name] | {"run": {k: later[k] for k in ("date", "command", "machine")}}
         out["skipped"].pop(name, None)
-    out["date"], out["command"] = later["date"], f"{earlier['command']}; then {later['command']}"
+    out["command"] = f"{earlier['command']}; then {later['command']}"
+    out["updated"] = later["date"]  # `date` and `machine` stay the earlier run's: the header's
     return out
 
 
