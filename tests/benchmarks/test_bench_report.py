@@ -45,3 +45,28 @@ def test_update_readme_replaces_only_its_section(tmp_path):
     body = readme.read_text()
     assert body.startswith("# Title\n\nintro\n") and "new" in body and "old" not in body
     assert body.count(START) == 1
+
+
+def test_each_scale_has_its_own_section(tmp_path):
+    from benchmarks.report import markers
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n")
+    update_readme(readme, f"{START}\nsmall\n{END}")
+    full_start, full_end = markers("full")
+    for text in ("full old", "full new"):
+        update_readme(readme, f"{full_start}\n{text}\n{full_end}", "full")
+    body = readme.read_text()
+    assert "small" in body and "full new" in body and "full old" not in body
+    assert body.count(full_start) == 1 and body.count(START) == 1
+
+
+def test_the_overhead_targets_are_reported_by_size(tmp_path):
+    from benchmarks.report import overhead_targets
+
+    run = {"overhead_share": 0.025, "overhead_share_without_evaluation": 0.01}
+    rows = overhead_targets({"by_size": {"1500": run, "13500": {**run, "overhead_share": 0.02}},
+                             "trainer_vs_bare": {"ratio": 0.93, "ratio_steps_only": 0.99}})
+    assert rows[0].endswith("| 2.5% (without evaluation 1.0%) | yes |")
+    assert rows[1].startswith("| platform overhead ≤ 1% of the bare fine-tune, 13,500-row delivery") and rows[1].endswith("| no |")
+    assert rows[2] == "| trainer ≥ 95% of a bare PyTorch loop's samples/s | 93.0% (99.0% without its dev loss and checkpoints) | no |"
