@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.retrain import retrain
 from tasks.registry.store import Registry
 
 
-def _run(cmd: list[str], cwd: Path, threads: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def _run(cmd: list[str], cwd: Path, threads: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     env |= {"OMP_NUM_THREADS": str(threads)} if threads else {}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -33,7 +32,7 @@ def _batch(task: str, path: Path) -> None:
 
 
 @pytest.mark.parametrize("task", ["classification", "ner"])
-def test_dvc_repro_reproduces_the_first_promotion(task, repo, tmp_path, prefect_server):
+def test_dvc_repro_reproduces_the_first_promotion(task, repo, tmp_path, prefect_api_url):
     from conftest import TINY_NER_PARAMS, TINY_PARAMS
 
     ws = tmp_path / "ws"
@@ -55,14 +54,17 @@ def test_dvc_repro_reproduces_the_first_promotion(task, repo, tmp_path, prefect_
     batch.parent.mkdir(parents=True)
     _batch(task, batch)
 
-    outcome = retrain(batch=str(batch), workspace=str(ws))
-    assert outcome["status"] == "promoted"
+    # as in production, `ratchet retrain` in a process of its own: this one's torch state
+    # (threads, and whatever earlier tests set) is not what an audit replays
+    promoted = _run(["ratchet", "retrain", "--batch", str(batch), "--workspace", str(ws)], ws,
+                    env={"PREFECT_API_URL": prefect_api_url})
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     meta = Registry(ws / "models").metadata("v0001")
     assert meta["dvc_data_hash"] and (ws / "data.dvc").exists() and meta["task"] == task
     assert (ws / "models" / "versions.dvc").exists() and (ws / "audit" / "metrics.json").exists()
 
     # CPU weights are bitwise the same only with the same torch thread count: the version
-    # records it (earlier tests may have changed this process's), and the audit replays it
+    # records it, and the audit replays it
     threads = meta["train"]["threads"]
     assert threads >= 1
     first = _run(["dvc", "repro"], ws, threads)
