@@ -23,6 +23,13 @@ enforced, decides which model the next batch starts from.
   when the replay module has it.
 - `replay+distill`: the defaults with distillation on replayed rows, when the engine
   has `train.distill_weight`.
+- `budget`: the defaults at half the replay (`replay.ratio: 0.5`): 1.5x naive's samples,
+  the cost target of issue 19; the update methods below all run at this budget.
+- `slow_encoder`: `budget` with the encoder at a quarter of the head's learning rate once
+  the model has been promoted (SLCA-style).
+- `slow_encoder+ace`: ... plus ER-ACE masking of old labels absent from a batch's new rows.
+- `slow_encoder+ace+frozen_head`: ... plus the champion's head rows kept exactly.
+- `slow_encoder+ace+wa`: ... plus weight aligning of the new head rows (WA).
 - `joint`: one fine-tune from the base model on every training row of the stream.
 """
 
@@ -87,6 +94,16 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
                             note=f"defaults plus distillation on replayed rows (weight {weight:g})"))
     else:
         skipped["replay+distill"] = f"the fine-tuning engine has no train.{DISTILL_KEY} (tasks/core/config.py TrainConfig)"
+    budget = {"replay.ratio": 0.5}
+    slow = {**budget, "train.encoder_lr_scale": 0.25}
+    ace = {**slow, "train.mask_absent_old": True}
+    out += [Strategy("budget", budget, note="defaults at half the replay: 1.5x naive's samples"),
+            Strategy("slow_encoder", slow, note="budget, encoder at 0.25x the learning rate once promoted"),
+            Strategy("slow_encoder+ace", ace, note="slow_encoder plus ER-ACE masking of absent old labels"),
+            Strategy("slow_encoder+ace+frozen_head", {**ace, "train.freeze_old_head": True},
+                     note="slow_encoder+ace plus the champion's head rows kept exactly"),
+            Strategy("slow_encoder+ace+wa", {**ace, "train.align_new_head": True},
+                     note="slow_encoder+ace plus weight aligning of the new head rows")]
     out.append(Strategy("joint", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill}, joint=True,
                         note="one fine-tune from the base model on all training rows"))
     return out, skipped

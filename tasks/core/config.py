@@ -154,6 +154,12 @@ class TrainConfig:
     # learning rate of the encoder relative to `lr` when fine-tuning a promoted version
     # (not the base model): a slower encoder forgets less (SLCA)
     encoder_lr_scale: float = 1.0
+    # update methods against forgetting in the head (tasks/train/forgetting.py), all off by
+    # default: the champion's head rows kept exactly; old labels absent from a batch's new
+    # rows masked out of their softmax (ER-ACE); new rows scaled to the old rows' norm (WA)
+    freeze_old_head: bool = False
+    mask_absent_old: bool = False
+    align_new_head: bool = False
     # data-parallel fine-tuning: N processes (gloo on CPU, NCCL with one GPU each), every
     # batch split across them and the gradients all-reduced; the same steps, schedule and
     # data order as 1 process (tasks/train/parallel.py)

@@ -117,6 +117,13 @@ def _write_atomically(out_dir: Path, clf: Classifier, buffer: ReplayBuffer, repo
     os.replace(tmp, out_dir)
 
 
+def champion_rows(champion_dir) -> int:
+    """How many head rows the champion has (0: no champion); a grown head keeps them first."""
+    if champion_dir is None:
+        return 0
+    return len(json.loads((Path(champion_dir) / "config.json").read_text())["id2label"])
+
+
 def replay_sample(buffer: ReplayBuffer, pool: pd.DataFrame | None, n: int, seed: int) -> pd.DataFrame:
     """n replayed rows: from the buffer, or, when a pool of stored lineage rows is given
     (`replay.pool: lineage`), drawn from it by a generator of its own, so the buffer's
@@ -150,7 +157,8 @@ def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
         replay_sample(buffer, pool, int(round(params.replay.ratio * len(train_rows))), cfg.seed))
     rows = pd.concat([train_rows[cols], replay[cols]], ignore_index=True)
     data = TrainSet(rows, len(replay), None if dev is None else dev[cols],
-                    training.teacher(champion_dir, replay, params), warm=champion_dir is not None)
+                    training.teacher(champion_dir, replay, params), warm=champion_dir is not None,
+                    old_rows=champion_rows(champion_dir))
     done = _finished(out_dir, fingerprint(clf, data, cfg, params.model, training.head))
     if done:
         return done

@@ -39,10 +39,13 @@ from transformers import get_linear_schedule_with_warmup
 from tasks.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.train.distill import distill_loss
+from tasks.train.forgetting import OldRows, align_new_rows, mask_absent_old
 from tasks.train.model import Classifier, count_truncated, freeze_lower_layers
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 50  # steps between a log line (and a read-back of the losses to the host)
+# train keys that are left out of a run's fingerprint at these (their default) values
+LATER_KEYS = {"processes": 1, "freeze_old_head": False, "mask_absent_old": False, "align_new_head": False}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class TrainSet:
     dev: pd.DataFrame | None = None     # early stopping; never trained on
     teacher: np.ndarray | None = None   # champion logits for the last len(teacher) rows (replayed)
     warm: bool = False                  # starts from a promoted version (train.encoder_lr_scale applies)
+    old_rows: int = 0                   # head rows the champion had (tasks/train/forgetting.py)
 
     @property
     def new_rows(self) -> int:
@@ -91,6 +95,8 @@ class TrainReport:
     # of `seconds`: the dev loss for early stopping, and writing checkpoints
     dev_s: float = 0.0
     checkpoint_s: float = 0.0
+    # train.align_new_head: the factor the new head rows were scaled by (None: not applied)
+    head_alignment: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,8 +214,12 @@ SEQUENCE = SequenceLabels()
 def fingerprint(clf: Classifier, data: TrainSet, cfg: TrainConfig, model_cfg: ModelConfig, head=SEQUENCE) -> str:
     """Identifies the inputs of a run (starting weights included); a checkpoint or a
     finished candidate from other inputs is never reused."""
-    train = {k: v for k, v in asdict(cfg).items() if not (k == "processes" and v == 1)}  # as before it existed
-    h = hashlib.sha256(json.dumps([train, asdict(model_cfg), clf.labels, data.replay_rows, data.warm]).encode())
+    # keys added later count only when set, so earlier candidates keep their fingerprint
+    train = {k: v for k, v in asdict(cfg).items() if LATER_KEYS.get(k, object()) != v}
+    parts = [train, asdict(model_cfg), clf.labels, data.replay_rows, data.warm]
+    if cfg.freeze_old_head or cfg.mask_absent_old or cfg.align_new_head:
+        parts.append(data.old_rows)
+    h = hashlib.sha256(json.dumps(parts).encode())
     for name, tensor in clf.model.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -263,7 +273,11 @@ def _end_epoch(loop: dict, clf: Classifier, dev, cfg: TrainConfig, device, autoc
 
 def _loss(model, inputs, target, idx, data: TrainSet, teacher, cfg: TrainConfig, head) -> torch.Tensor:
     logits = model(**inputs).logits
-    loss = head.loss(logits, target)
+    if cfg.mask_absent_old and data.old_rows:
+        new_row = torch.as_tensor(idx < data.new_rows, device=logits.device)
+        loss = head.loss(mask_absent_old(logits, target, new_row, data.old_rows), target)
+    else:
+        loss = head.loss(logits, target)
     if teacher is not None:
         start = len(data.rows) - len(teacher)  # the teacher covers the last rows (replayed, or all)
         taught = idx >= start
@@ -379,6 +393,7 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
     if world > 1:  # every rank starts from rank 0's weights
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)
+    kept = OldRows(model, data.old_rows) if cfg.freeze_old_head and data.old_rows else None
     ids, labels = head.encode(clf, data.rows, model_cfg.max_length)
     lengths = np.array([len(x) for x in ids])
     total, epochs = planned_steps(len(ids), cfg), planned_epochs(len(ids), cfg)
@@ -408,6 +423,8 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
             with autocast:
                 loss = _loss(model, inputs, target, mine, data, teacher, cfg, head)
             _optimize(loss, model, opt, sched, cfg, world)
+            if kept:
+                kept.restore(model)
             _record(loop, idx, _mean_over_ranks(loss, world), data.new_rows, started, bar, total, pending)
             if every and loop["step"] % every == 0:
                 _flush(loop, pending)
@@ -432,6 +449,8 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
             break
     bar.close()
     report = replace(_finish(clf, data, loop, device, amp_dtype, resumed, key), processes=world)
+    if cfg.align_new_head:
+        report = replace(report, head_alignment=align_new_rows(clf.model, data.old_rows))
     report = replace(report, samples_per_s_per_process=round(report.samples_per_s / world, 1))
     cut = head.truncated(clf, data.rows, model_cfg.max_length)
     if cut:
