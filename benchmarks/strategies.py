@@ -23,8 +23,11 @@ enforced, decides which model the next batch starts from.
   when the replay module has it.
 - `replay+distill`: the defaults with distillation on replayed rows, when the engine
   has `train.distill_weight`.
-- `budget`: the defaults at half the replay (`replay.ratio: 0.5`): 1.5x naive's samples,
-  the cost target of issue 19; the update methods below all run at this budget.
+- `stop28_defaults`: the defaults before the update methods (replay 1:1, one learning
+  rate, no head method), spelled out.
+- `budget`: replay at `replay.ratio: 0.5`, no update method: 1.5x naive's samples, the
+  cost target of issue 19; the update methods below all run at this budget and spell out
+  every method key, so their meaning does not move when params.yaml's defaults do.
 - `slow_encoder`: `budget` with the encoder at a quarter of the head's learning rate once
   the model has been promoted (SLCA-style).
 - `slow_encoder+ace`: ... plus ER-ACE masking of old labels absent from a batch's new rows.
@@ -94,10 +97,15 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
                             note=f"defaults plus distillation on replayed rows (weight {weight:g})"))
     else:
         skipped["replay+distill"] = f"the fine-tuning engine has no train.{DISTILL_KEY} (tasks/core/config.py TrainConfig)"
-    budget = {"replay.ratio": 0.5}
+    # the update methods, each spelled out in full so its meaning does not move with params.yaml
+    off = {"train.encoder_lr_scale": 1.0, "train.mask_absent_old": False, "train.freeze_old_head": False,
+           "train.align_new_head": False, f"train.{DISTILL_KEY}": 0.0} if distill else {}
+    budget = {**off, "replay.ratio": 0.5}
     slow = {**budget, "train.encoder_lr_scale": 0.25}
     ace = {**slow, "train.mask_absent_old": True}
-    out += [Strategy("budget", budget, note="defaults at half the replay: 1.5x naive's samples"),
+    out += [Strategy("stop28_defaults", {**off, "replay.ratio": 1.0},
+                     note="the defaults before the update methods: replay 1:1, plain optimizer"),
+            Strategy("budget", budget, note="replay at half a new row per new row: 1.5x naive's samples"),
             Strategy("slow_encoder", slow, note="budget, encoder at 0.25x the learning rate once promoted"),
             Strategy("slow_encoder+ace", ace, note="slow_encoder plus ER-ACE masking of absent old labels"),
             Strategy("slow_encoder+ace+frozen_head", {**ace, "train.freeze_old_head": True},

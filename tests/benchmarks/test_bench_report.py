@@ -70,3 +70,16 @@ def test_the_overhead_targets_are_reported_by_size(tmp_path):
     assert rows[0].endswith("| 2.5% (without evaluation 1.0%) | yes |")
     assert rows[1].startswith("| platform overhead ≤ 1% of the bare fine-tune, 13,500-row delivery") and rows[1].endswith("| no |")
     assert rows[2] == "| trainer ≥ 95% of a bare PyTorch loop's samples/s | 93.0% (99.0% without its dev loss and checkpoints) | no |"
+
+
+def test_the_learning_targets_judge_the_shipped_defaults_against_joint_and_naive(tmp_path):
+    """Issue 19: `replay` (params.yaml) ≥ 99% of joint, BWT ≥ −1 pt, ≤ 1.5× naive's samples."""
+    doc = {"stream": "banking77", "scale": "full", "date": "2026-12-07T00:00:00+00:00", "command": "python -m x",
+           "machine": {"cpus": 2}, "strategies": {"naive": _strategy(0.3, 1000, bwt=-0.5),
+                                                  "replay": _strategy(0.945, 1500, bwt=-0.012),
+                                                  "joint": _strategy(0.95, 1000)}}
+    (tmp_path / "continual_banking77_full.json").write_text(json.dumps(doc))
+    text = section(tmp_path, "full")
+    assert "| banking77: shipped defaults ACC ≥ 99% of joint | 99.5% (94.5% vs 95.0%) | yes |" in text
+    assert "| … BWT ≥ −1 pt | -1.2 pts | no |" in text
+    assert "| … training samples ≤ 1.5× naive's | 1.50× (1,500 vs 1,000) | yes |" in text
