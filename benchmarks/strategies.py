@@ -30,9 +30,9 @@ enforced, decides which model the next batch starts from.
   every method key, so their meaning does not move when params.yaml's defaults do.
 - `slow_encoder`: `budget` with the encoder at a quarter of the head's learning rate once
   the model has been promoted (SLCA-style).
-- `slow_encoder+ace`: ... plus ER-ACE masking of old labels absent from a batch's new rows.
-- `slow_encoder+ace+frozen_head`: ... plus the champion's head rows kept exactly.
-- `slow_encoder+ace+wa`: ... plus weight aligning of the new head rows (WA).
+- `ace`: `budget` plus ER-ACE masking of old labels absent from a batch's new rows.
+- `ace+frozen_head`: ... plus the champion's head rows kept exactly.
+- `ace+wa`: ... plus weight aligning of the new head rows (WA).
 - `joint`: one fine-tune from the base model on every training row of the stream.
 """
 
@@ -101,17 +101,17 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
     off = {"train.encoder_lr_scale": 1.0, "train.mask_absent_old": False, "train.freeze_old_head": False,
            "train.align_new_head": False, f"train.{DISTILL_KEY}": 0.0} if distill else {}
     budget = {**off, "replay.ratio": 0.5}
-    slow = {**budget, "train.encoder_lr_scale": 0.25}
-    ace = {**slow, "train.mask_absent_old": True}
+    ace = {**budget, "train.mask_absent_old": True}
     out += [Strategy("stop28_defaults", {**off, "replay.ratio": 1.0},
                      note="the defaults before the update methods: replay 1:1, plain optimizer"),
             Strategy("budget", budget, note="replay at half a new row per new row: 1.5x naive's samples"),
-            Strategy("slow_encoder", slow, note="budget, encoder at 0.25x the learning rate once promoted"),
-            Strategy("slow_encoder+ace", ace, note="slow_encoder plus ER-ACE masking of absent old labels"),
-            Strategy("slow_encoder+ace+frozen_head", {**ace, "train.freeze_old_head": True},
-                     note="slow_encoder+ace plus the champion's head rows kept exactly"),
-            Strategy("slow_encoder+ace+wa", {**ace, "train.align_new_head": True},
-                     note="slow_encoder+ace plus weight aligning of the new head rows")]
+            Strategy("slow_encoder", {**budget, "train.encoder_lr_scale": 0.25},
+                     note="budget, encoder at 0.25x the learning rate once promoted"),
+            Strategy("ace", ace, note="budget plus ER-ACE masking of old labels absent from a batch's new rows"),
+            Strategy("ace+frozen_head", {**ace, "train.freeze_old_head": True},
+                     note="ace plus the champion's head rows kept exactly"),
+            Strategy("ace+wa", {**ace, "train.align_new_head": True},
+                     note="ace plus weight aligning of the new head rows")]
     out.append(Strategy("joint", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill}, joint=True,
                         note="one fine-tune from the base model on all training rows"))
     return out, skipped
