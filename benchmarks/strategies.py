@@ -33,6 +33,8 @@ enforced, decides which model the next batch starts from.
 - `ace`: `budget` plus ER-ACE masking of old labels absent from a batch's new rows.
 - `ace+frozen_head`: ... plus the champion's head rows kept exactly.
 - `ace+wa`: ... plus weight aligning of the new head rows (WA).
+- `rebalance`, `ace+rebalance`: `budget` / `ace` plus classifier re-balancing (5 epochs of
+  the head alone on a class-balanced subset of the rows).
 - `joint`: one fine-tune from the base model on every training row of the stream.
 """
 
@@ -99,7 +101,7 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
         skipped["replay+distill"] = f"the fine-tuning engine has no train.{DISTILL_KEY} (tasks/core/config.py TrainConfig)"
     # the update methods, each spelled out in full so its meaning does not move with params.yaml
     off = {"train.encoder_lr_scale": 1.0, "train.mask_absent_old": False, "train.freeze_old_head": False,
-           "train.align_new_head": False, f"train.{DISTILL_KEY}": 0.0} if distill else {}
+           "train.align_new_head": False, "train.rebalance_head_epochs": 0, f"train.{DISTILL_KEY}": 0.0} if distill else {}
     budget = {**off, "replay.ratio": 0.5}
     ace = {**budget, "train.mask_absent_old": True}
     out += [Strategy("stop28_defaults", {**off, "replay.ratio": 1.0},
@@ -111,7 +113,11 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
             Strategy("ace+frozen_head", {**ace, "train.freeze_old_head": True},
                      note="ace plus the champion's head rows kept exactly"),
             Strategy("ace+wa", {**ace, "train.align_new_head": True},
-                     note="ace plus weight aligning of the new head rows")]
+                     note="ace plus weight aligning of the new head rows"),
+            Strategy("rebalance", {**budget, "train.rebalance_head_epochs": 5},
+                     note="budget plus 5 epochs of the head alone on a class-balanced subset"),
+            Strategy("ace+rebalance", {**ace, "train.rebalance_head_epochs": 5},
+                     note="ace plus 5 epochs of the head alone on a class-balanced subset")]
     out.append(Strategy("joint", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill}, joint=True,
                         note="one fine-tune from the base model on all training rows"))
     return out, skipped

@@ -160,6 +160,9 @@ class TrainConfig:
     freeze_old_head: bool = False
     mask_absent_old: bool = False
     align_new_head: bool = False
+    # after training, this many epochs of the head alone on a class-balanced subset of the
+    # training rows (classifier re-balancing; 0 = off; sentence classifiers only)
+    rebalance_head_epochs: int = 0
     # data-parallel fine-tuning: N processes (gloo on CPU, NCCL with one GPU each), every
     # batch split across them and the gradients all-reduced; the same steps, schedule and
     # data order as 1 process (tasks/train/parallel.py)
@@ -383,6 +386,9 @@ def params_from_dict(raw: dict[str, Any] | None, _check_ladder: bool = True) -> 
         raise ConfigError("params: train.batch_size, train.epochs and train.processes must be at least 1")
     if not 0 <= params.train.dev_share < 1 or params.train.distill_temperature <= 0:
         raise ConfigError("params: train.dev_share must be in [0, 1) and train.distill_temperature above 0")
+    if params.train.rebalance_head_epochs and params.task.type == "ner":
+        raise ConfigError("params: train.rebalance_head_epochs does not apply to task.type ner: a tagger's rows "
+                          "are sentences, whose tags cannot be balanced by choosing sentences (O dominates)")
     if params.replay.capacity < 0:
         raise ConfigError("params: replay.capacity must not be negative")
     try:

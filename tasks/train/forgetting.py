@@ -14,6 +14,12 @@ params.yaml key of `train`, off by default, and works on any head whose last lay
   absent from them is not pushed down by them. Replayed rows keep the full softmax, so
   old and new labels are still told apart there. A label present in the batch is never
   masked; new labels never are.
+- `rebalance_head_epochs` (classifier re-balancing, BiC / EEIL): after training, the
+  head alone is trained for that many epochs on the encoder's fixed features of a
+  class-balanced subset of the training rows (each label at most as many rows as the
+  replayed rows hold per label). Sentence classifiers only: a tagger's rows are
+  sentences, whose tags cannot be balanced by choosing sentences (`O` dominates any
+  choice), so params validation refuses it with `task.type: ner`.
 - `align_new_head` (WA, Zhao et al. 2020): after training, the new rows (weight and
   bias) are scaled so their mean weight norm equals the old rows': new labels' logits no
   longer dwarf old ones'.
@@ -25,8 +31,11 @@ params.yaml key of `train`, off by default, and works on any head whose last lay
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+# the head alone on fixed features: a linear model, trained at 10x the fine-tune's head rate
+REBALANCE_LR_SCALE = 10.0
 MASKED = -1e9  # a masked logit: exp() is 0 in fp32, and no inf that could turn into NaN
 
 
@@ -83,3 +92,44 @@ def align_new_rows(model: torch.nn.Module, old_rows: int) -> float | None:
     if head.bias is not None:
         head.bias[old_rows:] *= gamma
     return round(gamma, 6)
+
+
+def balanced_indices(labels: np.ndarray, new_rows: int, seed: int) -> np.ndarray:
+    """Rows of a class-balanced set for re-balancing the head: every label of the rows gets
+    at most k rows, k = the replayed rows per label they hold (the buffer's share of an old
+    label), so the new labels' many rows no longer outnumber the old ones'. Seeded."""
+    replayed = labels[new_rows:]
+    if not len(replayed):
+        return np.arange(0)
+    k = max(1, int(round(len(replayed) / len(np.unique(replayed)))))
+    rng = np.random.default_rng([seed, 3])
+    picked = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        picked.append(rng.choice(rows, size=min(k, len(rows)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def rebalance_head(model: torch.nn.Module, features: torch.Tensor, targets: torch.Tensor, *, epochs: int,
+                   lr: float, batch_size: int, seed: int, kept: "OldRows | None" = None) -> int:
+    """Train only the head on fixed encoder features of a class-balanced set (the
+    classifier re-balancing of BiC / EEIL): the recency bias a fine-tune leaves in the head
+    (new labels' logits too large, or too small under masking) is corrected on data where
+    every label counts alike. Returns the steps taken."""
+    head = head_layer(model)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    steps = 0
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(len(targets), generator=generator)
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                loss = torch.nn.functional.cross_entropy(head(features[idx]).float(), targets[idx])
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if kept:
+                    kept.restore(model)
+                steps += 1
+    return steps

@@ -39,13 +39,14 @@ from transformers import get_linear_schedule_with_warmup
 from tasks.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.train.distill import distill_loss
-from tasks.train.forgetting import OldRows, align_new_rows, mask_absent_old
+from tasks.train.forgetting import REBALANCE_LR_SCALE, OldRows, align_new_rows, balanced_indices, mask_absent_old, rebalance_head
 from tasks.train.model import Classifier, count_truncated, freeze_lower_layers
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 50  # steps between a log line (and a read-back of the losses to the host)
 # train keys that are left out of a run's fingerprint at these (their default) values
-LATER_KEYS = {"processes": 1, "freeze_old_head": False, "mask_absent_old": False, "align_new_head": False}
+LATER_KEYS = {"processes": 1, "freeze_old_head": False, "mask_absent_old": False, "align_new_head": False,
+              "rebalance_head_epochs": 0}
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class TrainReport:
     # of `seconds`: the dev loss for early stopping, and writing checkpoints
     dev_s: float = 0.0
     checkpoint_s: float = 0.0
+    # train.rebalance_head_epochs: head-only steps on the class-balanced subset
+    rebalance_steps: int = 0
     # train.align_new_head: the factor the new head rows were scaled by (None: not applied)
     head_alignment: float | None = None
 
@@ -217,7 +220,7 @@ def fingerprint(clf: Classifier, data: TrainSet, cfg: TrainConfig, model_cfg: Mo
     # keys added later count only when set, so earlier candidates keep their fingerprint
     train = {k: v for k, v in asdict(cfg).items() if LATER_KEYS.get(k, object()) != v}
     parts = [train, asdict(model_cfg), clf.labels, data.replay_rows, data.warm]
-    if cfg.freeze_old_head or cfg.mask_absent_old or cfg.align_new_head:
+    if cfg.freeze_old_head or cfg.mask_absent_old or cfg.align_new_head or cfg.rebalance_head_epochs:
         parts.append(data.old_rows)
     h = hashlib.sha256(json.dumps(parts).encode())
     for name, tensor in clf.model.state_dict().items():
@@ -449,6 +452,8 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
             break
     bar.close()
     report = replace(_finish(clf, data, loop, device, amp_dtype, resumed, key), processes=world)
+    if cfg.rebalance_head_epochs and data.old_rows and data.replay_rows:
+        report = replace(report, rebalance_steps=_rebalance(clf, data, ids, labels, cfg, kept, device, autocast))
     if cfg.align_new_head:
         report = replace(report, head_alignment=align_new_rows(clf.model, data.old_rows))
     report = replace(report, samples_per_s_per_process=round(report.samples_per_s / world, 1))
@@ -457,6 +462,27 @@ def finetune(clf: Classifier, data: TrainSet, *, cfg: TrainConfig, model_cfg: Mo
         log.info("%d of %d training texts are longer than model.max_length (%d tokens) and were truncated",
                  cut, len(data.rows), model_cfg.max_length)
     return replace(report, truncated_texts=cut)
+
+
+def _rebalance(clf: Classifier, data: TrainSet, ids, labels: np.ndarray, cfg: TrainConfig, kept, device,
+               autocast) -> int:
+    """Classifier re-balancing (tasks/train/forgetting.py): the trained encoder's pooled
+    features of a class-balanced subset of the rows, then the head alone on them."""
+    rows = balanced_indices(np.asarray(labels), data.new_rows, cfg.seed)
+    model = clf.model.to(device).eval()
+    feats = []
+    with torch.no_grad():
+        for start in range(0, len(rows), 128):
+            padded = clf.tokenizer.pad({"input_ids": [ids[i] for i in rows[start:start + 128]]}, return_tensors="pt")
+            with autocast:
+                out = model.base_model(**{k: v.to(device) for k, v in padded.items()})
+            feats.append(out.pooler_output.float())
+    features = torch.cat(feats)
+    steps = rebalance_head(model, features, torch.as_tensor(np.asarray(labels)[rows], device=device),
+                           epochs=cfg.rebalance_head_epochs, lr=cfg.lr * cfg.head_lr_scale * REBALANCE_LR_SCALE,
+                           batch_size=cfg.batch_size, seed=cfg.seed, kept=kept)
+    model.eval().to("cpu")
+    return steps
 
 
 def _finish(clf, data: TrainSet, loop: dict, device, amp_dtype, resumed: int, key: str) -> TrainReport:

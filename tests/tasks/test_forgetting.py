@@ -145,3 +145,42 @@ def test_default_options_keep_the_fingerprint_of_earlier_candidates(toy):
     key = fingerprint(clf, data, cfg, model_cfg)
     on = TrainConfig(mask_absent_old=True)
     assert fingerprint(clf, data, on, model_cfg) != key
+
+
+# --- classifier re-balancing
+
+def test_balanced_indices_cap_every_label_at_the_replayed_share():
+    import numpy as np
+
+    from tasks.train.forgetting import balanced_indices
+
+    # 40 new rows of labels 2 and 3, then 6 replayed rows of labels 0 and 1 (3 each)
+    labels = np.array([2] * 20 + [3] * 20 + [0, 1, 0, 1, 0, 1])
+    picked = balanced_indices(labels, new_rows=40, seed=0)
+    counts = {int(k): int(v) for k, v in zip(*np.unique(labels[picked], return_counts=True))}
+    assert counts == {0: 3, 1: 3, 2: 3, 3: 3}
+    assert np.array_equal(picked, balanced_indices(labels, new_rows=40, seed=0))  # seeded
+    assert len(balanced_indices(labels, new_rows=len(labels), seed=0)) == 0       # nothing replayed
+
+
+def test_rebalancing_trains_the_head_only_and_respects_frozen_rows(champion, toy, tmp_path):
+    params = load_params(champion / "params.yaml", {"train.epochs": 2})
+    first = split_batch(toy(["weather", "music"], per_label=20, seed=0), "b-one", 0.3).train
+    c1 = train_candidate(champion_dir=None, train_rows=first, out_dir=tmp_path / "c1", params=params)
+    second = split_batch(toy(["food", "weather"], per_label=20, seed=1), "b-two", 0.3).train
+    overrides = {"train.epochs": 2, "train.freeze_old_head": True}
+    plain = train_candidate(champion_dir=c1.path, train_rows=second, out_dir=tmp_path / "plain",
+                            params=load_params(champion / "params.yaml", overrides))
+    rebalanced = train_candidate(champion_dir=c1.path, train_rows=second, out_dir=tmp_path / "re",
+                                 params=load_params(champion / "params.yaml",
+                                                    {**overrides, "train.rebalance_head_epochs": 3}))
+    assert plain.train.rebalance_steps == 0 and rebalanced.train.rebalance_steps > 0
+    a, b = load_file(f"{plain.path}/model.safetensors"), load_file(f"{rebalanced.path}/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("classifier."))  # encoder untouched
+    assert not torch.equal(a["classifier.weight"], b["classifier.weight"])
+    assert torch.equal(b["classifier.weight"][:2], _head(c1.path)[0])                   # old rows still frozen
+
+
+def test_rebalancing_is_refused_for_a_tagger(workspace):
+    with pytest.raises(ConfigError, match="does not apply to task.type ner"):
+        load_params(workspace / "params.yaml", {"task.type": "ner", "train.rebalance_head_epochs": 2})
