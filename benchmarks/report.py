@@ -62,8 +62,8 @@ def stream_table(doc: dict) -> list[str]:
 def provenance(doc: dict) -> list[str]:
     """Strategies merged in from runs of their own (`--merge`): when, where and how."""
     runs = {name: d["run"] for name, d in doc.get("details", {}).items() if d.get("run")}
-    first = min((r["date"] for r in runs.values()), default=None)
-    lines = []
+    first = doc.get("date") or min((r["date"] for r in runs.values()), default=None)  # the header's run
+    lines = [f"- {doc['note']}"] if doc.get("note") else []
     for name, run in runs.items():
         if run["date"] != first:
             m = run["machine"]

@@ -33,6 +33,7 @@ enforced, decides which model the next batch starts from.
 - `ace`: `budget` plus ER-ACE masking of old labels absent from a batch's new rows.
 - `ace+frozen_head`: ... plus the champion's head rows kept exactly.
 - `ace+wa`: ... plus weight aligning of the new head rows (WA).
+- `budget+distill`: `budget` plus LwF distillation on the replayed rows (weight 1).
 - `rebalance`, `ace+rebalance`: `budget` / `ace` plus classifier re-balancing (5 epochs of
   the head alone on a class-balanced subset of the rows).
 - `joint`: one fine-tune from the base model on every training row of the stream.
@@ -114,6 +115,8 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
                      note="ace plus the champion's head rows kept exactly"),
             Strategy("ace+wa", {**ace, "train.align_new_head": True},
                      note="ace plus weight aligning of the new head rows"),
+            Strategy("budget+distill", {**budget, f"train.{DISTILL_KEY}": DEFAULT_DISTILL} if distill else budget,
+                     note="budget plus distillation from the champion on the replayed rows"),
             Strategy("rebalance", {**budget, "train.rebalance_head_epochs": 5},
                      note="budget plus 5 epochs of the head alone on a class-balanced subset"),
             Strategy("ace+rebalance", {**ace, "train.rebalance_head_epochs": 5},

@@ -57,8 +57,12 @@ def test_plan_resolves_strategies_through_params(workspace):
     assert {s.name for s in p.strategies if s.gate == "enforce"} == {"replay+gate"}
     assert p.params["replay@1%"].replay.capacity == 10
     assert p.params["naive"].replay.ratio == 0.0
-    # default strategy is reservoir: the 5% sweep point and the baseline are one setting
-    assert p.same_as == {"reservoir@5%": "replay@5%"}
+    # default strategy is reservoir: the 5% sweep point and the baseline are one setting;
+    # stop28_defaults spells out what are still the defaults
+    assert p.same_as == {"reservoir@5%": "replay@5%", "stop28_defaults": "replay"}
+    # the update methods spell out every method key, whatever params.yaml says
+    assert p.params["ace"].train.mask_absent_old and p.params["ace"].replay.ratio == 0.5
+    assert not p.params["budget"].train.mask_absent_old and p.params["budget"].train.encoder_lr_scale == 1.0
     if not has_train_key("distill_weight"):
         assert "distill_weight" in p.skipped["replay+distill"]
 
