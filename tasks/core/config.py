@@ -163,6 +163,15 @@ class TrainConfig:
     # after training, this many epochs of the head alone on a class-balanced subset of the
     # training rows (classifier re-balancing; 0 = off; sentence classifiers only)
     rebalance_head_epochs: int = 0
+    # the class-statistics head (tasks/train/stats_head.py): "alone" = no fine-tuning; the
+    # base encoder stays frozen and the head is closed-form LDA over random Fourier
+    # features of its sentence vectors, from per-label sums kept with the version (exact
+    # over every row seen, so nothing is forgotten); "off" = the trained head. Sentence
+    # classifiers only. Features (D): the statistics take 8*D^2 bytes per version.
+    stats_head: str = "off"
+    stats_features: int = 4096
+    stats_bandwidth: float = 1.5
+    stats_shrinkage: float = 0.01
     # data-parallel fine-tuning: N processes (gloo on CPU, NCCL with one GPU each), every
     # batch split across them and the gradients all-reduced; the same steps, schedule and
     # data order as 1 process (tasks/train/parallel.py)
@@ -290,6 +299,7 @@ _CHOICES = {
     ("task", "type"): TASK_KINDS,
     ("train", "precision"): {"auto", "fp32", "bf16"},
     ("train", "device"): {"auto", "cpu", "cuda"},
+    ("train", "stats_head"): {"off", "alone"},
     ("replay", "strategy"): {"reservoir", "class_balanced", "slice_balanced"},
     ("replay", "pool"): {"buffer", "lineage"},
     ("validate", "on_bad_rows"): {"reject_batch", "drop_rows"},
@@ -389,6 +399,14 @@ def params_from_dict(raw: dict[str, Any] | None, _check_ladder: bool = True) -> 
     if params.train.rebalance_head_epochs and params.task.type == "ner":
         raise ConfigError("params: train.rebalance_head_epochs does not apply to task.type ner: a tagger's rows "
                           "are sentences, whose tags cannot be balanced by choosing sentences (O dominates)")
+    if params.train.stats_head != "off" and params.task.type == "ner":
+        raise ConfigError("params: train.stats_head does not apply to task.type ner: a tag depends on the words "
+                          "around it and O dominates every sentence; the class-statistics head is built on one "
+                          "sentence vector per row (the tagger fine-tunes)")
+    if params.train.stats_features < 1 or params.train.stats_bandwidth <= 0 \
+            or not 0 <= params.train.stats_shrinkage <= 1:
+        raise ConfigError("params: train.stats_features must be at least 1, train.stats_bandwidth above 0 and "
+                          "train.stats_shrinkage in [0, 1]")
     if params.replay.capacity < 0:
         raise ConfigError("params: replay.capacity must not be negative")
     try:

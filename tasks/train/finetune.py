@@ -15,9 +15,12 @@ head initialisation, the dev carve, replay sampling, data order and dropout.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -28,9 +31,10 @@ import torch
 
 from tasks.core.config import Params
 from tasks.train.distill import teacher_logits
-from tasks.train.model import Classifier, grow_head, load_base, load_classifier, save_classifier
+from tasks.train.model import Classifier, grow_head, load_base, load_classifier, save_classifier, unwrap
 from tasks.train.replay import COLUMNS, ReplayBuffer, derive_buffer
 from tasks.train.parallel import finetune_parallel
+from tasks.train.stats_head import ClassStats, StatsHeadModel, sentence_features
 from tasks.train.trainloop import SEQUENCE, TrainReport, TrainSet, finetune, fingerprint, pick_device
 
 REPORT_FILE = "train_report.json"
@@ -73,7 +77,7 @@ class SentenceTraining:
         seed, batch_labels = params.train.seed, sorted(train_rows["label"].astype(str).unique())
         if champion_dir is None:
             return load_base(params.model.base, batch_labels, seed), None, batch_labels
-        clf = load_classifier(champion_dir)
+        clf = unwrap(load_classifier(champion_dir))  # from a statistics head: its encoder, the trained head's rows
         new_labels = [label for label in batch_labels if label not in clf.labels]
         return grow_head(clf, new_labels, seed), ReplayBuffer.load(champion_dir), new_labels
 
@@ -146,6 +150,9 @@ def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     the lineage's stored training rows, replayed instead of the buffer's. `training`: the
     task type's model-specific part (`SentenceTraining`, or a tagger's)."""
     out_dir, cfg, cols = Path(out_dir), params.train, training.columns
+    if cfg.stats_head == "alone":
+        return stats_candidate(champion_dir=champion_dir, train_rows=train_rows, out_dir=out_dir, params=params,
+                               dev_rows=dev_rows)
     # the head gets every label of the delivery, also one whose only rows went to dev
     delivered = train_rows if dev_rows is None else pd.concat([train_rows, dev_rows], ignore_index=True)
     train_rows, dev = dev_split(train_rows, dev_rows, share=cfg.dev_share, patience=cfg.early_stopping_patience,
@@ -173,3 +180,59 @@ def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     _write_atomically(out_dir, clf, buffer, report.to_dict() | {"new_labels": new_labels})
     shutil.rmtree(run_dir, ignore_errors=True)
     return Candidate(str(out_dir), clf.labels, new_labels, report)
+
+
+def stats_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: Params,
+                    dev_rows: pd.DataFrame | None = None) -> Candidate:
+    """`train.stats_head: alone` (tasks/train/stats_head.py): the champion's class
+    statistics plus this batch's train rows; the encoder is not trained. The first
+    delivery starts them from the base encoder; a champion that was fine-tuned has no
+    statistics, so they start from its replay buffer's rows (said in the report:
+    `replay_rows`). The replay buffer is still kept, so fine-tuning can take over later.
+    Dev rows are not learned from (nothing to stop early); their labels join the head."""
+    out_dir, cfg = Path(out_dir), params.train
+    rows = train_rows[COLUMNS].reset_index(drop=True)
+    delivered = rows if dev_rows is None else pd.concat([rows, dev_rows[COLUMNS]], ignore_index=True)
+    labels = sorted(delivered["label"].astype(str).unique())
+    if champion_dir is None:
+        clf, parent_buffer = load_base(params.model.base, labels, cfg.seed), None
+    else:
+        clf, parent_buffer = load_classifier(champion_dir), ReplayBuffer.load(champion_dir)
+    if isinstance(clf.model, StatsHeadModel):
+        stats, seed_rows = clf.model.stats, rows.iloc[:0]
+        clf = Classifier(clf.model.inner, clf.tokenizer)
+    else:
+        stats = ClassStats.empty(clf.model.config.hidden_size, cfg.stats_features, cfg.stats_bandwidth,
+                                 cfg.stats_shrinkage, cfg.seed)
+        seed_rows = parent_buffer.rows[COLUMNS] if parent_buffer is not None else rows.iloc[:0]
+    key = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), dataclasses.asdict(params.model), stats.digest(),
+                                     pd.util.hash_pandas_object(rows, index=False).tolist()]).encode()).hexdigest()
+    done = _finished(out_dir, key)
+    if done:
+        return done
+    new_labels = [label for label in labels if label not in clf.labels]
+    if champion_dir is not None:
+        clf = grow_head(clf, new_labels, cfg.seed)  # the transformers config names every label
+    stats.ensure(clf.labels)  # the same ids as the config's, so logit i is clf.labels[i]
+    device, _ = pick_device(cfg)
+    started = time.perf_counter()
+    learn = pd.concat([seed_rows, rows], ignore_index=True)
+    z = sentence_features(clf.model, clf.tokenizer, learn["text"].astype(str).tolist(), stats,
+                          max_length=params.model.max_length, batch_size=params.evaluate.batch_size, device=device)
+    stats.add(z, learn["label"].astype(str).tolist())
+    stats.solve()
+    clf.model.to("cpu")
+    seconds = time.perf_counter() - started
+    buffer = derive_buffer(parent_buffer, params.replay.strategy, capacity=params.replay.capacity, seed=cfg.seed)
+    buffer.add(rows)
+    wrapped = Classifier(StatsHeadModel(clf.model, stats), clf.tokenizer)
+    report = TrainReport(device=device.type, precision="fp32", steps=0, epochs=0, samples=0, new_samples=0,
+                         replay_samples=0, new_rows=len(rows), replay_rows=len(seed_rows), seconds=round(seconds, 2),
+                         samples_per_s=0.0, peak_memory_mb=0.0, peak_memory_kind="none", final_loss=None,
+                         dev_loss=None, stopped_early=False, resumed_from_step=0, inputs_sha256=key,
+                         threads=torch.get_num_threads(), stats_rows=len(learn),
+                         stats_bytes=int(stats.counts.nbytes + stats.sums.nbytes + stats.scatter.nbytes
+                                         + stats.omega.nbytes + stats.phase.nbytes + stats.weights.nbytes
+                                         + stats.bias.nbytes))
+    _write_atomically(out_dir, wrapped, buffer, report.to_dict() | {"new_labels": new_labels})
+    return Candidate(str(out_dir), wrapped.labels, new_labels, report)

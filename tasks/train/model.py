@@ -18,6 +18,8 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from tasks.train.stats_head import ClassStats, StatsHeadModel, has_stats
+
 LABEL_MAP_FILE = "label_map.json"
 
 
@@ -75,11 +77,20 @@ def load_base(base: str, labels: list[str], seed: int, tiny_cls=BertForSequenceC
 
 
 def load_classifier(path: str | Path) -> Classifier:
-    """Load a saved classifier (a registry version or a candidate directory)."""
+    """Load a saved classifier (a registry version or a candidate directory). A version
+    whose predictor is the class-statistics head (`train.stats_head`) comes wrapped in
+    `StatsHeadModel` (tasks/train/stats_head.py): its forward returns that head's logits."""
     path = Path(path)
     model = AutoModelForSequenceClassification.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if has_stats(path):
+        model = StatsHeadModel(model, ClassStats.load(path))
     return Classifier(model, tokenizer)
+
+
+def unwrap(clf: Classifier) -> Classifier:
+    """The plain transformers classifier under a statistics head (the same when none)."""
+    return Classifier(clf.model.inner, clf.tokenizer) if isinstance(clf.model, StatsHeadModel) else clf
 
 
 def grow_head(clf: Classifier, new_labels: list[str], seed: int) -> Classifier:

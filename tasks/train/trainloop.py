@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 LOG_EVERY = 50  # steps between a log line (and a read-back of the losses to the host)
 # train keys that are left out of a run's fingerprint at these (their default) values
 LATER_KEYS = {"processes": 1, "freeze_old_head": False, "mask_absent_old": False, "align_new_head": False,
-              "rebalance_head_epochs": 0}
+              "rebalance_head_epochs": 0, "stats_head": "off", "stats_features": 4096, "stats_bandwidth": 1.5,
+              "stats_shrinkage": 0.01}
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,10 @@ class TrainReport:
     rebalance_steps: int = 0
     # train.align_new_head: the factor the new head rows were scaled by (None: not applied)
     head_alignment: float | None = None
+    # train.stats_head: rows added to the class statistics (forward passes, no optimizer
+    # step), and the statistics' size on disk
+    stats_rows: int = 0
+    stats_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

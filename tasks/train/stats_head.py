@@ -1,0 +1,199 @@
+"""A class-statistics head: closed-form LDA over a frozen encoder's sentence features.
+
+`train.stats_head: alone` replaces fine-tuning with statistics. The encoder (the base
+model's, never updated) maps each sentence to its mean-pooled, L2-normalised last hidden
+state; random Fourier features (`stats_features` of them, bandwidth `stats_bandwidth`)
+make that a kernel feature z (KLDA, arXiv 2412.15571; RanPAC, arXiv 2307.02251). The
+head keeps, per label, the row count and the sum of z, and one shared sum of z zᵀ over
+every row seen. Those are sums, so adding a delivery's rows gives exactly the statistics
+of all rows seen at once, in any order: nothing the model learned can be forgotten, and
+no replay or optimizer step is needed. The classifier is linear discriminant analysis
+on them: per-label means, one shared covariance shrunk towards a scaled identity
+(`stats_shrinkage`), equal priors:
+
+    logit_c(z) = w_c · z + b_c,   w_c = Σ⁻¹ μ_c,   b_c = -½ μ_c · w_c
+
+What a version stores (`class_stats.npz`, next to the transformers files and covered by
+the integrity manifest): the counts, sums and shared sum (float64: a later delivery
+adds to them exactly), the feature map (omega, phase) and the solved weights. Its size
+is about 8·D² bytes (D = 4096: 134 MB), whatever the number of rows.
+
+The saved directory stays a transformers directory (config, safetensors, tokenizer);
+its `classifier` rows are not the predictor, which `config.json` says
+(`ratchet_head: class_stats`). `load_classifier` wraps such a directory in
+`StatsHeadModel`, whose forward returns the statistics head's logits, so evaluation,
+drift and serving use it without knowing. Sentence classifiers only (params validation
+refuses it for `task.type: ner`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+STATS_FILE = "class_stats.npz"
+HEAD_MARK = "class_stats"  # config.json `ratchet_head` of a version whose predictor is this head
+
+
+@dataclass
+class ClassStats:
+    """Sufficient statistics of every labeled row seen, in the random-feature space."""
+
+    labels: list[str]
+    counts: np.ndarray        # (labels,) int64
+    sums: np.ndarray          # (labels, D) float64: sum of z per label
+    scatter: np.ndarray       # (D, D) float64: sum of z zᵀ over all rows
+    omega: np.ndarray         # (hidden, D) float32: the random feature map
+    phase: np.ndarray         # (D,) float32
+    shrinkage: float
+    weights: np.ndarray | None = None  # (labels, D) float32, solved
+    bias: np.ndarray | None = None     # (labels,) float32
+
+    @classmethod
+    def empty(cls, hidden: int, features: int, bandwidth: float, shrinkage: float, seed: int) -> "ClassStats":
+        rng = np.random.default_rng([seed, 4])
+        return cls(labels=[], counts=np.zeros(0, dtype=np.int64), sums=np.zeros((0, features)),
+                   scatter=np.zeros((features, features)),
+                   omega=(rng.standard_normal((hidden, features)) / bandwidth).astype(np.float32),
+                   phase=rng.uniform(0, 2 * np.pi, features).astype(np.float32), shrinkage=shrinkage)
+
+    @property
+    def features(self) -> int:
+        return self.omega.shape[1]
+
+    def featurize(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Random Fourier features of L2-normalised sentence vectors (rows)."""
+        omega = torch.as_tensor(self.omega, device=pooled.device)
+        phase = torch.as_tensor(self.phase, device=pooled.device)
+        unit = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return (2.0 / self.features) ** 0.5 * torch.cos(unit @ omega + phase)
+
+    def ensure(self, labels: list[str]) -> None:
+        """Give every label in `labels` an id (the next free one, in that order)."""
+        for label in dict.fromkeys(labels):
+            if label not in self.labels:
+                self.labels.append(label)
+        grow = len(self.labels) - len(self.counts)
+        if grow:
+            self.counts = np.concatenate([self.counts, np.zeros(grow, dtype=np.int64)])
+            self.sums = np.concatenate([self.sums, np.zeros((grow, self.features))])
+        self.weights = self.bias = None
+
+    def add(self, z: np.ndarray, labels: list[str]) -> None:
+        """Add rows (features z, one label each); a new label gets the next id."""
+        self.ensure(labels)
+        ids = np.array([self.labels.index(label) for label in labels], dtype=np.int64)
+        z = np.asarray(z, dtype=np.float64)
+        np.add.at(self.sums, ids, z)
+        self.counts += np.bincount(ids, minlength=len(self.labels))
+        self.scatter += z.T @ z
+        self.weights = self.bias = None
+
+    def solve(self) -> None:
+        """LDA weights from the statistics: shared within-label covariance, shrunk."""
+        seen = self.counts > 0
+        means = np.zeros_like(self.sums)
+        means[seen] = self.sums[seen] / self.counts[seen, None]
+        n, k = int(self.counts.sum()), int(seen.sum())
+        within = (self.scatter - (self.counts[:, None] * means).T @ means) / max(n - k, 1)
+        d = self.features
+        cov = (1 - self.shrinkage) * within + self.shrinkage * (np.trace(within) / d) * np.eye(d)
+        weights = np.linalg.solve(cov, means.T).T
+        bias = -0.5 * (weights * means).sum(1)
+        bias[~seen] = -1e9  # a label with no rows is never predicted
+        self.weights, self.bias = weights.astype(np.float32), bias.astype(np.float32)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        if self.weights is None:
+            self.solve()
+        w = torch.as_tensor(self.weights, device=z.device)
+        return z @ w.T + torch.as_tensor(self.bias, device=z.device)
+
+    def digest(self) -> str:
+        h = hashlib.sha256(repr((self.labels, self.shrinkage)).encode())
+        for part in (self.counts, self.sums, self.omega, self.phase):
+            h.update(np.ascontiguousarray(part).tobytes())
+        return h.hexdigest()
+
+    def save(self, directory: str | Path) -> Path:
+        if self.weights is None:
+            self.solve()
+        path = Path(directory) / STATS_FILE
+        np.savez(path, labels=np.array(self.labels, dtype=object).astype(str), counts=self.counts, sums=self.sums,
+                 scatter=self.scatter, omega=self.omega, phase=self.phase, shrinkage=np.float64(self.shrinkage),
+                 weights=self.weights, bias=self.bias)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ClassStats":
+        with np.load(Path(directory) / STATS_FILE) as f:
+            return cls(labels=[str(x) for x in f["labels"]], counts=f["counts"], sums=f["sums"],
+                       scatter=f["scatter"], omega=f["omega"], phase=f["phase"], shrinkage=float(f["shrinkage"]),
+                       weights=f["weights"], bias=f["bias"])
+
+
+def mean_pooled(encoder_output, attention_mask: torch.Tensor) -> torch.Tensor:
+    hidden = encoder_output.last_hidden_state
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class StatsHeadModel(torch.nn.Module):
+    """A saved sentence classifier whose predictor is the class-statistics head: the
+    forward pass of `inner`'s encoder, mean-pooled, through `stats`. Quacks like the
+    transformers model for what Ratchet calls on it (`config`, `eval`, `forward` with
+    `.logits` and `.hidden_states`, `save_pretrained`)."""
+
+    def __init__(self, inner: torch.nn.Module, stats: ClassStats):
+        super().__init__()
+        self.inner = inner
+        self.stats = stats
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, output_hidden_states=False,
+                **_ignored) -> SequenceClassifierOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        out = self.inner.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    token_type_ids=token_type_ids, output_hidden_states=output_hidden_states)
+        logits = self.stats.logits(self.stats.featurize(mean_pooled(out, attention_mask)))
+        return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        self.inner.config.ratchet_head = HEAD_MARK
+        self.inner.save_pretrained(path, **kwargs)
+        self.stats.save(path)
+
+
+def has_stats(directory: str | Path | None) -> bool:
+    return directory is not None and (Path(directory) / STATS_FILE).exists()
+
+
+@torch.inference_mode()
+def sentence_features(model: torch.nn.Module, tokenizer, texts: list[str], stats: ClassStats, *, max_length: int,
+                      batch_size: int = 128, device: torch.device | None = None) -> np.ndarray:
+    """z for every text, in input order (length-sorted inside for less padding)."""
+    encoder = (model.inner if isinstance(model, StatsHeadModel) else model).base_model.eval()
+    if device is not None:
+        encoder.to(device)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), stats.features), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt").to(encoder.device)
+        pooled = mean_pooled(encoder(**enc), enc["attention_mask"])
+        out[idx] = stats.featurize(pooled).double().cpu().numpy()
+    return out

@@ -1,0 +1,51 @@
+"""The retrain flow with `train.stats_head: alone` (temporary Prefect server, tiny model):
+two deliveries are validated, drift-checked, learned into the class statistics, judged
+on every slice and promoted; the promoted version carries its statistics under the
+integrity manifest and answers through them when served."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.retrain import retrain
+from tasks.core.config import load_params
+from tasks.kinds import get_kind
+from tasks.registry.store import Registry
+from tasks.train.model import load_classifier
+from tasks.train.stats_head import STATS_FILE, StatsHeadModel
+
+STATS = "stats_head: alone, stats_features: 64, stats_bandwidth: 1.0, stats_shrinkage: 0.1, "
+
+
+@pytest.fixture(scope="module")
+def promoted(tmp_path_factory, prefect_server, one_torch_thread):
+    from conftest import TINY_PARAMS, flow_workspace, toy_frame
+
+    assert "train: {" in TINY_PARAMS
+    root, ws = flow_workspace(tmp_path_factory, "stats-flow", TINY_PARAMS.replace("train: {", "train: {" + STATS))
+    assert load_params(ws / "params.yaml").train.stats_head == "alone"
+    a, b = root / "a.csv", root / "b.csv"
+    toy_frame(["weather", "music"], per_label=30, seed=1, slice_name="A").to_csv(a, index=False)
+    toy_frame(["food", "travel"], per_label=30, seed=2, slice_name="B").to_csv(b, index=False)
+    return ws, [retrain(batch=str(a), workspace=str(ws)), retrain(batch=str(b), workspace=str(ws))]
+
+
+def test_both_deliveries_are_learned_and_promoted(promoted):
+    ws, outcomes = promoted
+    assert [o["status"] for o in outcomes] == ["promoted", "promoted"], [o["reasons"] for o in outcomes]
+    reg = Registry(ws / "models")
+    production = ws / "models" / "production"
+    assert (production / STATS_FILE).exists()
+    clf = load_classifier(production)
+    assert isinstance(clf.model, StatsHeadModel)
+    assert set(clf.labels) == {"weather", "music", "food", "travel"}
+    version = reg.resolve("production")
+    assert reg.verify(version) == [] and STATS_FILE in reg.metadata(version)["files"]
+
+
+def test_the_served_answers_come_from_the_statistics(promoted):
+    ws, _ = promoted
+    params = load_params(ws / "params.yaml")
+    predictor = get_kind("classification").predictor(ws / "models" / "production", params)
+    answers = predictor.predict(predictor.parse(["will it rain tomorrow", "play some jazz"]))
+    assert all(a["label"] in {"weather", "music", "food", "travel"} for a in answers)
