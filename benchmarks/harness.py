@@ -42,6 +42,7 @@ from tasks.train.model import Classifier, count_truncated, load_classifier
 class StrategyRun:
     matrix: list[list[float]]
     samples: int = 0
+    forward_rows: int = 0  # rows run forward only to learn from (train.stats_head), no optimizer step
     train_s: float = 0.0
     wall_s: float = 0.0
     peak_mem_mb: float = 0.0
@@ -57,7 +58,7 @@ class StrategyRun:
             scores = stream_scores(self.matrix)
             acc, bwt, forgetting = scores.acc, scores.bwt, scores.max_forgetting
         return {"acc": acc, "bwt": bwt, "max_forgetting": forgetting, "matrix": self.matrix,
-                "samples": self.samples, "wall_s": round(self.wall_s, 1),
+                "samples": self.samples, "forward_rows": self.forward_rows, "wall_s": round(self.wall_s, 1),
                 "samples_per_s": round(self.samples / self.train_s, 1) if self.train_s else None,
                 "peak_mem_mb": round(self.peak_mem_mb, 1), "promotions": self.promotions,
                 "rejections": self.rejections}
@@ -163,6 +164,7 @@ def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: s
             cand, cand_clf, cand_sheet, champ_clf, champ_sheet, decision = got
             tried.append(decision.promote)
             run.samples += cand.train.samples
+            run.forward_rows += cand.train.stats_rows
             run.train_s += cand.train.seconds
             if decision.promote or gate == "advisory" or attempt == attempts - 1:
                 break
@@ -184,7 +186,8 @@ def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: s
         run.batches.append({"batch": batch.name, "promoted": decision.promote, "reasons": decision.reasons[:3],
                             "attempts": tried, "pending": [b.name for b in stream.pending],
                             "new_rows": cand.train.new_rows, "replay_rows": cand.train.replay_rows,
-                            "train_samples": cand.train.samples, "train_s": cand.train.seconds})
+                            "train_samples": cand.train.samples, "stats_rows": cand.train.stats_rows,
+                            "train_s": cand.train.seconds})
         # one line a batch, with its row of the accuracy matrix: a run stopped before its
         # strategy ends still says how far it got and what production knew at each step
         print(json.dumps({"batch_done": run.batches[-1], "row": run.matrix[-1], "samples": run.samples,

@@ -36,6 +36,10 @@ enforced, decides which model the next batch starts from.
 - `budget+distill`: `budget` plus LwF distillation on the replayed rows (weight 1).
 - `rebalance`, `ace+rebalance`: `budget` / `ace` plus classifier re-balancing (5 epochs of
   the head alone on a class-balanced subset of the rows).
+- `stats`: the class-statistics head alone (`train.stats_head: alone`): the base encoder
+  frozen, closed-form LDA over random Fourier features of its sentence vectors, from
+  per-label sums kept with the version; no optimizer step (its rows are run forward
+  once: `forward_rows`).
 - `joint`: one fine-tune from the base model on every training row of the stream.
 """
 
@@ -121,6 +125,8 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
                      note="budget plus 5 epochs of the head alone on a class-balanced subset"),
             Strategy("ace+rebalance", {**ace, "train.rebalance_head_epochs": 5},
                      note="ace plus 5 epochs of the head alone on a class-balanced subset")]
+    out.append(Strategy("stats", {**off, "replay.ratio": 0.0, "train.stats_head": "alone"},
+                        note="class-statistics head alone: LDA over random features of the frozen encoder, no fine-tuning"))
     out.append(Strategy("joint", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill}, joint=True,
                         note="one fine-tune from the base model on all training rows"))
     return out, skipped

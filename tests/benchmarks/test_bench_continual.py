@@ -63,6 +63,7 @@ def test_plan_resolves_strategies_through_params(workspace):
     # the update methods spell out every method key, whatever params.yaml says
     assert p.params["ace"].train.mask_absent_old and p.params["ace"].replay.ratio == 0.5
     assert not p.params["budget"].train.mask_absent_old and p.params["budget"].train.encoder_lr_scale == 1.0
+    assert p.params["stats"].train.stats_head == "alone" and p.params["replay"].train.stats_head == "off"
     if not has_train_key("distill_weight"):
         assert "distill_weight" in p.skipped["replay+distill"]
 
