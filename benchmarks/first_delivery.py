@@ -39,7 +39,10 @@ OPTIONS = {
     "shipped": {},
     "epochs only": {"train.min_steps": 0},
     "+ head lr x10": {"train.head_lr_scale": 10.0},
+    # no optimizer step: LDA from the frozen encoder's features (sentence classifiers only)
+    "stats head": {"train.stats_head": "alone"},
 }
+TEXT_ONLY = {"stats head"}
 NER_BASE = {"task.type": "ner", "model.max_length": 128}
 
 
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> Path:
             continue
         for n in map(int, args.sizes.split(",")):
             for option in args.options.split(","):
+                if kind == "ner" and option in TEXT_ONLY:
+                    continue
                 params = with_overrides(base, (NER_BASE if kind == "ner" else {}) | OPTIONS[option], option)
                 with tempfile.TemporaryDirectory(prefix="ratchet-first-") as tmp:
                     got = run(kind, n, option, params, Path(tmp))
