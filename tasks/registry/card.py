@@ -160,6 +160,13 @@ def _gate(metadata: dict) -> list[str]:
 def _usage(metadata: dict) -> list[str]:
     tag = _pipeline(metadata)
     example = MODEL_OF.get(tag, ("", '"some text"'))[1]
+    if (metadata.get("train") or {}).get("stats_rows"):  # train.stats_head: the predictor is class_stats.npz
+        return ["## How to use", "", "This version predicts with its class-statistics head (`class_stats.npz`, "
+                "`train.stats_head`), not with the transformers `classifier` rows: load it with Ratchet's loader.",
+                "", "```python", "from tasks.train.model import load_classifier",
+                "from tasks.judge.evaluate import predict", "", 'clf = load_classifier("path/to/this/folder")',
+                f"predict(clf, [{example}], batch_size=32, max_length=64)",
+                "```"]
     return ["## How to use", "", "A plain transformers directory; no Ratchet code is needed:", "", "```python",
             "from transformers import pipeline", "", f'model = pipeline("{tag}", model="path/to/this/folder")',
             f"model({example})", "```"]

@@ -41,6 +41,8 @@ def test_both_deliveries_are_learned_and_promoted(promoted):
     assert set(clf.labels) == {"weather", "music", "food", "travel"}
     version = reg.resolve("production")
     assert reg.verify(version) == [] and STATS_FILE in reg.metadata(version)["files"]
+    # the model card says the predictor is the statistics, not the transformers head
+    assert "load_classifier" in (reg.path(version) / "README.md").read_text()
 
 
 def test_the_served_answers_come_from_the_statistics(promoted):
