@@ -166,7 +166,7 @@ def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: s
             run.samples += cand.train.samples
             run.forward_rows += cand.train.stats_rows
             run.train_s += cand.train.seconds
-            if decision.promote or gate == "advisory" or attempt == attempts - 1:
+            if decision.promote or gate == "advisory" or attempt == attempts - 1 or params.train.stats_head != "off":
                 break
             answers.forget(cand.path)
         run.promotions += decision.promote

@@ -8,7 +8,8 @@ attempt i trains with rung i of `remediation.ladder` applied on top (more replay
 distillation, a frozen lower encoder...). Each attempt's scratch directory is keyed by
 its own params, so a run killed between attempts reuses the finished ones and resumes
 the interrupted one from its checkpoints. The first attempt that passes is promoted;
-every attempt is recorded (settings, gate table, seconds) in the decision.
+with `train.stats_head` on there is no second attempt (no rung changes such a
+candidate). Every attempt is recorded (settings, gate table, seconds) in the decision.
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ def train_and_judge(run, split: Split, batch_id: str, lineage: list[str], pendin
         scratch.append(candidate.path)
         get_run_logger().info("attempt %d: %s", attempt + 1, "passed" if decision.promote else "; ".join(decision.reasons))
         if decision.promote:
+            break
+        if params.train.stats_head != "off":
+            attempts[-1]["stopped"] = ("train.stats_head: the ladder's rungs (replay, distillation) do not change a "
+                                       "candidate learned as class statistics")
             break
     judged = Judged(candidate, sheets, decision, params, attempts, scratch)
     _write_reports(run, judged, exam)
