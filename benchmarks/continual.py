@@ -118,7 +118,7 @@ def retrain_each(batches: list[Batch], epochs: int, joint: dict | None) -> dict:
     sizes = [len(b.train) for b in batches]
     samples = sum(sum(sizes[: i + 1]) for i in range(len(sizes))) * epochs
     rate = joint["samples_per_s"] if joint else None
-    return {"acc": None, "bwt": None, "max_forgetting": None, "matrix": None, "samples": samples,
+    return {"acc": None, "bwt": None, "max_forgetting": None, "matrix": None, "samples": samples, "forward_rows": 0,
             "wall_s": round(samples / rate, 1) if rate else None, "samples_per_s": rate,
             "peak_mem_mb": joint["peak_mem_mb"] if joint else None, "promotions": None, "rejections": None}
 

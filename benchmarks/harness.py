@@ -31,7 +31,7 @@ import torch
 
 from benchmarks.metrics import stream_scores
 from benchmarks.streams import Batch
-from tasks.core.config import Params, attempt_params
+from tasks.core.config import Params, attempt_params, stats_head_on
 from tasks.judge.evaluate import evaluate, predict, sheets
 from tasks.train.finetune import train_candidate
 from tasks.judge.gate import decide
@@ -166,7 +166,7 @@ def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: s
             run.samples += cand.train.samples
             run.forward_rows += cand.train.stats_rows
             run.train_s += cand.train.seconds
-            if decision.promote or gate == "advisory" or attempt == attempts - 1 or params.train.stats_head != "off":
+            if decision.promote or gate == "advisory" or attempt == attempts - 1 or stats_head_on(params):
                 break
             answers.forget(cand.path)
         run.promotions += decision.promote

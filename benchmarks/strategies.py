@@ -24,7 +24,8 @@ enforced, decides which model the next batch starts from.
 - `replay+distill`: the defaults with distillation on replayed rows, when the engine
   has `train.distill_weight`.
 - `stop28_defaults`: the defaults before the update methods (replay 1:1, one learning
-  rate, no head method), spelled out.
+  rate, no head method, fine-tuning), spelled out; `finetune+gate` is it with the gate
+  enforced. Every fine-tuning strategy sets `train.stats_head: off`.
 - `budget`: replay at `replay.ratio: 0.5`, no update method: 1.5x naive's samples, the
   cost target of issue 19; the update methods below all run at this budget and spell out
   every method key, so their meaning does not move when params.yaml's defaults do.
@@ -82,7 +83,10 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
     """All strategies wanted for a stream with `total_train` training rows."""
     distill = has_train_key(DISTILL_KEY)
     no_distill = {f"train.{DISTILL_KEY}": 0.0} if distill else {}
-    out = [Strategy("naive", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill},
+    # every fine-tuning strategy says so: params.yaml's `train.stats_head: auto` learns a
+    # sentence classifier as class statistics instead (the `stats` strategy)
+    tune = {"train.stats_head": "off"}
+    out = [Strategy("naive", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill, **tune},
                     note="no replay"),
            Strategy("replay", {}, note="Ratchet defaults (params.yaml)"),
            Strategy("replay+gate", {}, gate="enforce",
@@ -106,7 +110,8 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
         skipped["replay+distill"] = f"the fine-tuning engine has no train.{DISTILL_KEY} (tasks/core/config.py TrainConfig)"
     # the update methods, each spelled out in full so its meaning does not move with params.yaml
     off = {"train.encoder_lr_scale": 1.0, "train.mask_absent_old": False, "train.freeze_old_head": False,
-           "train.align_new_head": False, "train.rebalance_head_epochs": 0, f"train.{DISTILL_KEY}": 0.0} if distill else {}
+           "train.align_new_head": False, "train.rebalance_head_epochs": 0, f"train.{DISTILL_KEY}": 0.0,
+           **tune} if distill else dict(tune)
     budget = {**off, "replay.ratio": 0.5}
     ace = {**budget, "train.mask_absent_old": True}
     out += [Strategy("stop28_defaults", {**off, "replay.ratio": 1.0},
@@ -127,7 +132,9 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
                      note="ace plus 5 epochs of the head alone on a class-balanced subset")]
     out.append(Strategy("stats", {**off, "replay.ratio": 0.0, "train.stats_head": "alone"},
                         note="class-statistics head alone: LDA over random features of the frozen encoder, no fine-tuning"))
-    out.append(Strategy("joint", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill}, joint=True,
+    out.append(Strategy("finetune+gate", {**off, "replay.ratio": 1.0}, gate="enforce",
+                        note="stop28_defaults with the gate enforced: replay fine-tuning end to end"))
+    out.append(Strategy("joint", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill, **tune}, joint=True,
                         note="one fine-tune from the base model on all training rows"))
     return out, skipped
 

@@ -26,7 +26,7 @@ from flows.exam_dask import examine_on_dask
 from flows.steps import evaluate_task, finetune_task, gate_task
 
 from tasks.judge.answers import lineage_answers
-from tasks.core.config import Params, attempt_params, params_hash
+from tasks.core.config import Params, attempt_params, params_hash, stats_head_on
 from tasks.judge.evaluate import load_exam
 from tasks.judge.gate import flipped_rows
 from tasks.judge.reuse import Reuse
@@ -116,7 +116,7 @@ def train_and_judge(run, split: Split, batch_id: str, lineage: list[str], pendin
         get_run_logger().info("attempt %d: %s", attempt + 1, "passed" if decision.promote else "; ".join(decision.reasons))
         if decision.promote:
             break
-        if params.train.stats_head != "off":
+        if stats_head_on(params):
             attempts[-1]["stopped"] = ("train.stats_head: the ladder's rungs (replay, distillation) do not change a "
                                        "candidate learned as class statistics")
             break

@@ -166,8 +166,9 @@ class TrainConfig:
     # the class-statistics head (tasks/train/stats_head.py): "alone" = no fine-tuning; the
     # base encoder stays frozen and the head is closed-form LDA over random Fourier
     # features of its sentence vectors, from per-label sums kept with the version (exact
-    # over every row seen, so nothing is forgotten); "off" = the trained head. Sentence
-    # classifiers only. Features (D): the statistics take 8*D^2 bytes per version.
+    # over every row seen, so nothing is forgotten); "off" = the trained head; "auto" =
+    # alone for sentence classifiers, off for taggers (`stats_head_on`). Features (D): the
+    # statistics take 8*D^2 bytes per version.
     stats_head: str = "off"
     stats_features: int = 4096
     stats_bandwidth: float = 1.5
@@ -299,7 +300,7 @@ _CHOICES = {
     ("task", "type"): TASK_KINDS,
     ("train", "precision"): {"auto", "fp32", "bf16"},
     ("train", "device"): {"auto", "cpu", "cuda"},
-    ("train", "stats_head"): {"off", "alone"},
+    ("train", "stats_head"): {"off", "alone", "auto"},
     ("replay", "strategy"): {"reservoir", "class_balanced", "slice_balanced"},
     ("replay", "pool"): {"buffer", "lineage"},
     ("validate", "on_bad_rows"): {"reject_batch", "drop_rows"},
@@ -365,6 +366,13 @@ def _ladder(value: Any, key: str) -> tuple:
     return tuple(dict(r) for r in value)
 
 
+def stats_head_on(params: Params) -> bool:
+    """Whether the finetune stage learns class statistics instead of fine-tuning
+    (`train.stats_head`: alone, or auto for a sentence classifier)."""
+    mode = params.train.stats_head
+    return mode == "alone" or (mode == "auto" and params.task.type == "classification")
+
+
 def with_overrides(params: Params, overrides: dict[str, Any], where: str = "overrides") -> Params:
     """`params` with dotted overrides applied, validated like params.yaml; errors name `where`."""
     try:
@@ -399,10 +407,10 @@ def params_from_dict(raw: dict[str, Any] | None, _check_ladder: bool = True) -> 
     if params.train.rebalance_head_epochs and params.task.type == "ner":
         raise ConfigError("params: train.rebalance_head_epochs does not apply to task.type ner: a tagger's rows "
                           "are sentences, whose tags cannot be balanced by choosing sentences (O dominates)")
-    if params.train.stats_head != "off" and params.task.type == "ner":
+    if params.train.stats_head == "alone" and params.task.type == "ner":
         raise ConfigError("params: train.stats_head does not apply to task.type ner: a tag depends on the words "
                           "around it and O dominates every sentence; the class-statistics head is built on one "
-                          "sentence vector per row (the tagger fine-tunes)")
+                          "sentence vector per row (the tagger fine-tunes; `auto` picks that)")
     if params.train.stats_features < 1 or params.train.stats_bandwidth <= 0 \
             or not 0 <= params.train.stats_shrinkage <= 1:
         raise ConfigError("params: train.stats_features must be at least 1, train.stats_bandwidth above 0 and "

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasks.core.config import Params
+from tasks.core.config import Params, stats_head_on
 from tasks.train.distill import teacher_logits
 from tasks.train.model import Classifier, grow_head, load_base, load_classifier, save_classifier, unwrap
 from tasks.train.replay import COLUMNS, ReplayBuffer, derive_buffer
@@ -150,7 +150,7 @@ def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     the lineage's stored training rows, replayed instead of the buffer's. `training`: the
     task type's model-specific part (`SentenceTraining`, or a tagger's)."""
     out_dir, cfg, cols = Path(out_dir), params.train, training.columns
-    if cfg.stats_head == "alone":
+    if training is SENTENCES and stats_head_on(params):
         return stats_candidate(champion_dir=champion_dir, train_rows=train_rows, out_dir=out_dir, params=params,
                                dev_rows=dev_rows)
     # the head gets every label of the delivery, also one whose only rows went to dev

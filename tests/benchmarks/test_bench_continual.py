@@ -12,7 +12,7 @@ from benchmarks.metrics import seen_acc_curve, stream_scores
 from benchmarks.strategies import has_train_key, plan
 from benchmarks.streams import Caps, make_batch
 
-STRATEGY_KEYS = {"acc", "bwt", "max_forgetting", "matrix", "samples", "wall_s", "samples_per_s", "peak_mem_mb",
+STRATEGY_KEYS = {"acc", "bwt", "max_forgetting", "matrix", "samples", "forward_rows", "wall_s", "samples_per_s", "peak_mem_mb",
                  "promotions", "rejections"}
 EPOCHS = 12
 TOY_LABELS = [["weather", "music"], ["food", "travel"], ["bank", "sport"]]
@@ -58,12 +58,13 @@ def test_plan_resolves_strategies_through_params(workspace):
     assert p.params["replay@1%"].replay.capacity == 10
     assert p.params["naive"].replay.ratio == 0.0
     # default strategy is reservoir: the 5% sweep point and the baseline are one setting;
-    # stop28_defaults spells out what are still the defaults
-    assert p.same_as == {"reservoir@5%": "replay@5%", "stop28_defaults": "replay"}
+    # stop28_defaults (and finetune+gate) spell out what are still this workspace's defaults
+    assert p.same_as == {"reservoir@5%": "replay@5%", "stop28_defaults": "replay", "finetune+gate": "replay+gate"}
     # the update methods spell out every method key, whatever params.yaml says
     assert p.params["ace"].train.mask_absent_old and p.params["ace"].replay.ratio == 0.5
     assert not p.params["budget"].train.mask_absent_old and p.params["budget"].train.encoder_lr_scale == 1.0
     assert p.params["stats"].train.stats_head == "alone" and p.params["replay"].train.stats_head == "off"
+    assert all(p.params[name].train.stats_head == "off" for name in ("naive", "joint", "budget"))
     if not has_train_key("distill_weight"):
         assert "distill_weight" in p.skipped["replay+distill"]
 

@@ -127,5 +127,11 @@ def test_options_are_validated_params(params_file):
         load_params(params_file, {"train.stats_head": "sometimes"})
     with pytest.raises(ConfigError, match="does not apply to task.type ner"):
         load_params(params_file, {"train.stats_head": "alone", "task.type": "ner"})
+    # auto: statistics for a sentence classifier, fine-tuning for a tagger
+    from tasks.core.config import stats_head_on
+
+    assert stats_head_on(load_params(params_file, {"train.stats_head": "auto"}))
+    assert not stats_head_on(load_params(params_file, {"train.stats_head": "auto", "task.type": "ner"}))
+    assert not stats_head_on(load_params(params_file))
     with pytest.raises(ConfigError, match="stats_features"):
         load_params(params_file, {"train.stats_features": 0})
