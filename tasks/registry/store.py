@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import fcntl
 import json
 import os
@@ -34,6 +35,7 @@ from typing import Iterator
 from tasks.registry.card import render_card
 from tasks.registry.integrity import WEIGHTS_FILE, check, check_weights, manifest, sha256_file
 from tasks.registry.matrix import stamp
+from tasks.train.stats_head import STATS_FILE
 
 CARD_FILE = "README.md"
 LABEL_MAP_FILE = "label_map.json"  # as tasks.train.model writes it; not imported, to keep torch out
@@ -116,7 +118,7 @@ class Registry:
         metadata; last, so the hashes describe exactly what is renamed into place."""
         if WEIGHTS_FILE not in files:
             raise RegistryError(f"registry: the candidate has no {WEIGHTS_FILE}")
-        metadata = {**metadata, "weights_sha256": files[WEIGHTS_FILE]}
+        metadata = {**metadata, "weights_sha256": _predictor_sha(files[WEIGHTS_FILE], files.get(STATS_FILE))}
         if metadata.get("accuracy_matrix"):  # its newest row is this version
             metadata["accuracy_matrix"] = stamp(metadata["accuracy_matrix"], metadata["version"])
         label_map = staging / LABEL_MAP_FILE
@@ -273,8 +275,16 @@ class Registry:
 
 
 def weights_sha256(model_dir: Path) -> str:
-    """Content hash of a model's weights file: equal hashes mean bitwise-equal weights."""
-    return sha256_file(Path(model_dir) / WEIGHTS_FILE)
+    """Content hash of what a model predicts with: its weights file, and its class
+    statistics when it has them (`train.stats_head`: every such version shares the frozen
+    encoder, so the weights alone would not tell two apart). Equal hashes mean bitwise-
+    equal predictors; a version without statistics keeps the weights file's own hash."""
+    stats = Path(model_dir) / STATS_FILE
+    return _predictor_sha(sha256_file(Path(model_dir) / WEIGHTS_FILE), sha256_file(stats) if stats.exists() else None)
+
+
+def _predictor_sha(weights: str, stats: str | None) -> str:
+    return weights if stats is None else hashlib.sha256(f"{weights}:{stats}".encode()).hexdigest()
 
 
 def lineage_entry(metadata: dict) -> dict:

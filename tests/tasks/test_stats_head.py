@@ -5,6 +5,8 @@ Ratchet loads it, and the options are validated params."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,3 +137,23 @@ def test_options_are_validated_params(params_file):
     assert not stats_head_on(load_params(params_file))
     with pytest.raises(ConfigError, match="stats_features"):
         load_params(params_file, {"train.stats_features": 0})
+
+
+def test_the_predictor_hash_covers_the_statistics(two_versions, params_file, tmp_path):
+    """Statistics versions share the frozen encoder: two with the same labels have the same
+    weights file, so the hash audits and the registry compare must include the statistics."""
+    from conftest import toy_frame
+    from tasks.registry.store import Registry, weights_sha256
+
+    params, first, *_ = two_versions
+    more = split_batch(toy_frame(["weather", "music"], per_label=20, seed=5), "b-more", 0.3).train
+    a = train_candidate(champion_dir=None, train_rows=first, out_dir=tmp_path / "a", params=params)
+    b = train_candidate(champion_dir=a.path, train_rows=more, out_dir=tmp_path / "b", params=params)
+    from tasks.registry.integrity import sha256_file
+
+    assert sha256_file(Path(a.path) / "model.safetensors") == sha256_file(Path(b.path) / "model.safetensors")
+    assert weights_sha256(a.path) != weights_sha256(b.path)
+    reg = Registry(tmp_path / "models")
+    version = reg.register(tmp_path / "b", {"batch_id": "b-more"})
+    assert reg.metadata(version)["weights_sha256"] == weights_sha256(tmp_path / "b") == weights_sha256(reg.path(version))
+    assert reg.find_weights(weights_sha256(a.path)) is None
