@@ -146,9 +146,12 @@ def stage_lines(outcome: dict) -> list[str]:
     for a in details.get("attempts") or []:
         train = a["train"]
         gate = "passed" if a["promote"] else f"rejected: {(a['reasons'] or ['-'])[0]}"
-        lines.append(f"attempt {a['attempt']}: trained on {train['new_rows'] + train['replay_rows']} rows "
-                     f"({train['new_rows']} new, {train['replay_rows']} replay), {train['epochs']} epoch(s), "
-                     f"{train['seconds']:.0f} s; gate {gate}")
+        if train.get("stats_rows"):  # train.stats_head: rows added to the class statistics, no optimizer step
+            learned = f"added {train['stats_rows']} rows to the class statistics"
+        else:
+            learned = (f"trained on {train['new_rows'] + train['replay_rows']} rows ({train['new_rows']} new, "
+                       f"{train['replay_rows']} replay), {train['epochs']} epoch(s)")
+        lines.append(f"attempt {a['attempt']}: {learned}, {train['seconds']:.0f} s; gate {gate}")
     return lines
 
 
