@@ -40,7 +40,7 @@ enforced, decides which model the next batch starts from.
 - `stats`: the class-statistics head alone (`train.stats_head: alone`): the base encoder
   frozen, closed-form LDA over random Fourier features of its sentence vectors, from
   per-label sums kept with the version; no optimizer step (its rows are run forward
-  once: `forward_rows`).
+  once: `forward_rows`); `stats+gate` is it with the gate enforced.
 - `joint`: one fine-tune from the base model on every training row of the stream.
 """
 
@@ -130,8 +130,10 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
                      note="budget plus 5 epochs of the head alone on a class-balanced subset"),
             Strategy("ace+rebalance", {**ace, "train.rebalance_head_epochs": 5},
                      note="ace plus 5 epochs of the head alone on a class-balanced subset")]
-    out.append(Strategy("stats", {**off, "replay.ratio": 0.0, "train.stats_head": "alone"},
+    stats = {**off, "replay.ratio": 0.0, "train.stats_head": "alone"}
+    out.append(Strategy("stats", stats,
                         note="class-statistics head alone: LDA over random features of the frozen encoder, no fine-tuning"))
+    out.append(Strategy("stats+gate", stats, gate="enforce", note="stats with the gate enforced, as in the flow"))
     out.append(Strategy("finetune+gate", {**off, "replay.ratio": 1.0}, gate="enforce",
                         note="stop28_defaults with the gate enforced: replay fine-tuning end to end"))
     out.append(Strategy("joint", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill, **tune}, joint=True,
