@@ -55,7 +55,7 @@ def stream_table(doc: dict) -> list[str]:
         wall = _num(r["wall_s"], ",.0f") + (" (est.)" if name == "retrain_each" and r["wall_s"] else "")
         lines.append(f"| {name} | {_pct(r['acc'])} | {_pct(of_joint, 0)} | {_pts(r['bwt'])} | "
                      f"{_forget(r['max_forgetting'])} | {samples} | {_pct(of_each, 0)} | {wall} | "
-                     f"{_num(r['samples_per_s'], ',.0f')} | {_num(r['peak_mem_mb'], ',.0f')} | {gate} |")
+                     f"{_num(r['samples_per_s'] or None, ',.0f')} | {_num(r['peak_mem_mb'], ',.0f')} | {gate} |")
     for name, why in doc.get("skipped", {}).items():
         lines.append(f"| {name} | skipped: {why} |||||||||")
     return lines + [""] + provenance(doc)
@@ -223,7 +223,7 @@ def section(results: Path, scale: str) -> str:
              "held-out rows; BWT and forgetting in accuracy points (negative BWT = forgetting); samples: "
              "training rows processed, replay included (+ fwd: rows only run forward, by the class-statistics "
              "head; counted as whole samples in the cost columns and targets). Gate: the flow's gate judged every candidate; "
-             "only `replay+gate` and `finetune+gate` enforce it (a failed candidate is discarded and production stays), the "
+             "only the `+gate` strategies enforce it (a failed candidate is discarded and production stays), the "
              "others count its verdicts and always advance, so their ACC measures the learning method.", ""]
     if not docs and not overhead:
         lines += ["No results at this scale yet: run `make bench`.", ""]
