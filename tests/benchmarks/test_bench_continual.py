@@ -53,8 +53,8 @@ def test_plan_resolves_strategies_through_params(workspace):
     p = plan(workspace / "params.yaml", {}, total_train=1000, sweep=[1, 5])
     names = [s.name for s in p.strategies]
     assert names[:3] == ["naive", "replay", "replay+gate"] and "joint" in names
-    # only replay+gate enforces the gate; the others count its verdicts and advance
-    assert {s.name for s in p.strategies if s.gate == "enforce"} == {"replay+gate"}
+    # only the +gate strategies enforce the gate; the others count its verdicts and advance
+    assert {s.name for s in p.strategies if s.gate == "enforce"} == {"replay+gate", "stats+gate"}
     assert p.params["replay@1%"].replay.capacity == 10
     assert p.params["naive"].replay.ratio == 0.0
     # default strategy is reservoir: the 5% sweep point and the baseline are one setting;
