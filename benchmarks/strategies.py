@@ -5,7 +5,7 @@ A strategy is not new training code: it is a set of dotted overrides (`replay.ca
 fine-tuning engine does not have is caught by the same validation the flow uses, and a
 strategy that needs a missing key is skipped with that reason instead of faked.
 
-Every strategy but `replay+gate` runs with the gate **advisory**: the gate judges each
+Every strategy but the `+gate` ones runs with the gate **advisory**: the gate judges each
 candidate and its verdict is counted (`promotions` / `rejections`), but the chain always
 advances, so ACC measures what the learning method keeps, not how often the gate held
 production back. (Enforced, naive stays on batch 1 and hides the forgetting it exists to
