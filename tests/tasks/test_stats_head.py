@@ -157,3 +157,18 @@ def test_the_predictor_hash_covers_the_statistics(two_versions, params_file, tmp
     version = reg.register(tmp_path / "b", {"batch_id": "b-more"})
     assert reg.metadata(version)["weights_sha256"] == weights_sha256(tmp_path / "b") == weights_sha256(reg.path(version))
     assert reg.find_weights(weights_sha256(a.path)) is None
+
+
+def test_a_finished_statistics_candidate_is_reused_for_the_same_inputs(two_versions, tmp_path):
+    params, first, second, v1, v2 = two_versions
+    again = train_candidate(champion_dir=v1.path, train_rows=second, out_dir=v2.path, params=params)
+    assert again.train == v2.train and again.path == v2.path
+    other = load_params_with(params, {"train.stats_shrinkage": 0.5})
+    changed = train_candidate(champion_dir=v1.path, train_rows=second, out_dir=tmp_path / "v2b", params=other)
+    assert changed.train.inputs_sha256 != v2.train.inputs_sha256
+
+
+def load_params_with(params, overrides):
+    from tasks.core.config import with_overrides
+
+    return with_overrides(params, overrides)
