@@ -201,6 +201,13 @@ def stats_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     if isinstance(clf.model, StatsHeadModel):
         stats, seed_rows = clf.model.stats, rows.iloc[:0]
         clf = Classifier(clf.model.inner, clf.tokenizer)
+        # the sums are in the lineage's feature space (its first statistics version fixed
+        # stats_features and stats_bandwidth); only the shrinkage is the solver's to change
+        if stats.features != cfg.stats_features:
+            raise ValueError(f"train.stats_features is {cfg.stats_features} but production's class statistics use "
+                             f"{stats.features} features: a lineage keeps its feature map (set it back, or start "
+                             "from the base model)")
+        stats.shrinkage, stats.weights, stats.bias = cfg.stats_shrinkage, None, None
     else:
         stats = ClassStats.empty(clf.model.config.hidden_size, cfg.stats_features, cfg.stats_bandwidth,
                                  cfg.stats_shrinkage, cfg.seed)

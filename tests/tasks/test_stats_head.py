@@ -166,6 +166,10 @@ def test_a_finished_statistics_candidate_is_reused_for_the_same_inputs(two_versi
     other = load_params_with(params, {"train.stats_shrinkage": 0.5})
     changed = train_candidate(champion_dir=v1.path, train_rows=second, out_dir=tmp_path / "v2b", params=other)
     assert changed.train.inputs_sha256 != v2.train.inputs_sha256
+    assert ClassStats.load(changed.path).shrinkage == 0.5      # the solver's setting applies to the lineage
+    with pytest.raises(ValueError, match="keeps its feature map"):
+        train_candidate(champion_dir=v1.path, train_rows=second, out_dir=tmp_path / "v2c",
+                        params=load_params_with(params, {"train.stats_features": 32}))
 
 
 def load_params_with(params, overrides):
