@@ -87,7 +87,8 @@ class ClassStats:
     def add(self, z: np.ndarray, labels: list[str]) -> None:
         """Add rows (features z, one label each); a new label gets the next id."""
         self.ensure(labels)
-        ids = np.array([self.labels.index(label) for label in labels], dtype=np.int64)
+        index = {label: i for i, label in enumerate(self.labels)}
+        ids = np.array([index[label] for label in labels], dtype=np.int64)
         z = np.asarray(z, dtype=np.float64)
         np.add.at(self.sums, ids, z)
         self.counts += np.bincount(ids, minlength=len(self.labels))
@@ -102,7 +103,8 @@ class ClassStats:
         n, k = int(self.counts.sum()), int(seen.sum())
         within = (self.scatter - (self.counts[:, None] * means).T @ means) / max(n - k, 1)
         d = self.features
-        cov = (1 - self.shrinkage) * within + self.shrinkage * (np.trace(within) / d) * np.eye(d)
+        scale = np.trace(within) / d or 1.0  # one row per label: no spread to scale by, nearest mean
+        cov = (1 - self.shrinkage) * within + self.shrinkage * scale * np.eye(d)
         weights = np.linalg.solve(cov, means.T).T
         bias = -0.5 * (weights * means).sum(1)
         bias[~seen] = -1e9  # a label with no rows is never predicted

@@ -176,3 +176,11 @@ def load_params_with(params, overrides):
     from tasks.core.config import with_overrides
 
     return with_overrides(params, overrides)
+
+
+def test_one_row_per_label_solves_to_nearest_mean():
+    stats = ClassStats.empty(hidden=8, features=16, bandwidth=1.0, shrinkage=0.01, seed=0)
+    z = np.random.default_rng(1).normal(size=(3, 16))
+    stats.add(z, ["a", "b", "c"])
+    stats.solve()
+    assert stats.logits(torch.as_tensor(z).float()).argmax(-1).tolist() == [0, 1, 2]
