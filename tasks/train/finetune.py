@@ -238,8 +238,6 @@ def stats_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
                          samples_per_s=0.0, peak_memory_mb=0.0, peak_memory_kind="none", final_loss=None,
                          dev_loss=None, stopped_early=False, resumed_from_step=0, inputs_sha256=key,
                          threads=torch.get_num_threads(), stats_rows=len(learn),
-                         stats_bytes=int(stats.counts.nbytes + stats.sums.nbytes + stats.scatter.nbytes
-                                         + stats.omega.nbytes + stats.phase.nbytes + stats.weights.nbytes
-                                         + stats.bias.nbytes))
+                         stats_bytes=stats.nbytes)
     _write_atomically(out_dir, wrapped, buffer, report.to_dict() | {"new_labels": new_labels})
     return Candidate(str(out_dir), wrapped.labels, new_labels, report)

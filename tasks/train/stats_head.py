@@ -66,6 +66,12 @@ class ClassStats:
     def features(self) -> int:
         return self.omega.shape[1]
 
+    @property
+    def nbytes(self) -> int:
+        """The arrays' size: what a version stores, less the file's few headers."""
+        arrays = (self.counts, self.sums, self.scatter, self.omega, self.phase, self.weights, self.bias)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
     def featurize(self, pooled: torch.Tensor) -> torch.Tensor:
         """Random Fourier features of L2-normalised sentence vectors (rows)."""
         omega = torch.as_tensor(self.omega, device=pooled.device)
