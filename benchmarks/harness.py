@@ -131,6 +131,7 @@ class Stream:
     accepted: list[Batch] = field(default_factory=list)
     pending: list[Batch] = field(default_factory=list)
     history: dict[str, pd.Series] = field(default_factory=dict)
+    labels: dict[str, list[str]] = field(default_factory=dict)  # each version's labels, for the floor
 
 
 def _judge(stream: Stream, batch: Batch, i: int, attempt: int, params: Params, workdir: Path, answers: Answers):
@@ -145,7 +146,7 @@ def _judge(stream: Stream, batch: Batch, i: int, attempt: int, params: Params, w
     cand_sheet = answers.evaluate(cand.path, cand_clf, exam, new_ids)
     champ_clf = load_classifier(stream.champion) if stream.champion else None
     champ_sheet = answers.evaluate(stream.champion, champ_clf, exam, new_ids) if stream.champion else None
-    decision = decide(cand_sheet, champ_sheet, params.gate, params.train.seed, stream.history)
+    decision = decide(cand_sheet, champ_sheet, params.gate, params.train.seed, stream.history, labels=stream.labels)
     return cand, cand_clf, cand_sheet, champ_clf, champ_sheet, decision
 
 
@@ -177,6 +178,7 @@ def run_incremental(batches: list[Batch], params: Params, workdir: Path, gate: s
             stream.accepted += [*stream.pending, batch]
             stream.pending = []
             stream.history[cand.path] = pd.Series(cand_sheet["rows"]["correct"], index=cand_sheet["rows"]["key"])
+            stream.labels[cand.path] = list(cand_clf.labels)
         else:
             answers.forget(cand.path)
             stream.pending.append(batch)

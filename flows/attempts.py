@@ -25,7 +25,7 @@ from prefect import get_run_logger
 from flows.exam_dask import examine_on_dask
 from flows.steps import evaluate_task, finetune_task, gate_task
 
-from tasks.judge.answers import lineage_answers
+from tasks.judge.answers import lineage_answers, lineage_labels
 from tasks.core.config import Params, attempt_params, params_hash, stats_head_on
 from tasks.judge.evaluate import load_exam
 from tasks.judge.gate import flipped_rows
@@ -55,6 +55,7 @@ class Exam:
     new_ids: list[str]
     learned: list[str]  # the batches production learned: the pool `replay.pool: lineage` draws from
     reuse: Reuse | None = None  # how many of the champion's answers came from its store
+    labels: dict = field(default_factory=dict)  # {lineage version: the labels it knew}, for the floor
 
 
 def _examine(kind, model_dir, exam: pd.DataFrame, new_ids: list[str], params: Params, reuse: bool = False):
@@ -77,7 +78,8 @@ def examine_champion(run, champion_dir, batch_id: str, lineage: list[str], pendi
     if reuse:
         get_run_logger().info("champion answers: %s", reuse.summary())
     history = lineage_answers(run.reg, run.champion)
-    return Exam(exam, champ, history, new_ids, [b for b in lineage if b not in new_ids], reuse)
+    return Exam(exam, champ, history, new_ids, [b for b in lineage if b not in new_ids], reuse,
+                lineage_labels(run.reg, history))
 
 
 def _attempt(run, params: Params, champion_dir, split: Split, batch_id: str, exam: Exam):
@@ -87,7 +89,7 @@ def _attempt(run, params: Params, champion_dir, split: Split, batch_id: str, exa
                               training=run.kind.training)
     sheets, _ = _examine(run.kind, candidate.path, exam.rows, exam.new_ids, params)
     decision = gate_task(sheets, exam.champion, params.gate, params.train.seed, exam.history,
-                         run.kind.statistic(params.gate))
+                         run.kind.statistic(params.gate), exam.labels)
     return candidate, sheets, decision
 
 

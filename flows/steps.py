@@ -73,8 +73,8 @@ def evaluate_task(kind: TaskKind, model_dir, exam: pd.DataFrame, new_ids: list[s
 
 @task(name="gate")
 def gate_task(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 0,
-              history: dict | None = None, stat=ACCURACY) -> GateDecision:
-    return decide(candidate, champion, cfg, seed, history, stat)
+              history: dict | None = None, stat=ACCURACY, labels: dict | None = None) -> GateDecision:
+    return decide(candidate, champion, cfg, seed, history, stat, labels)
 
 
 @task(name="promote", retries=2, retry_delay_seconds=[1, 5])

@@ -202,6 +202,11 @@ class GateConfig:
     max_total_drop: float = 0.03
     # share of old exam rows the champion got right and the candidate wrong
     max_negative_flip_rate: float = 0.05
+    # the floor tells forgetting from confusion with labels learned later: an old row the
+    # candidate answers with a label its slice's best version never knew is left out of
+    # the floor and counted here instead; a slice fails when a one-sided binomial test
+    # shows that share above this limit. 0 = no allowance: such rows count as forgetting.
+    max_new_label_confusion: float = 0.05
     # planned false rejection of an unchanged candidate, split over the decision's checks
     # (0.05 planned keeps the measured rate under 10%: benchmarks/gate_oc.py)
     max_false_rejection: float = 0.05
@@ -415,6 +420,8 @@ def params_from_dict(raw: dict[str, Any] | None, _check_ladder: bool = True) -> 
             or not 0 <= params.train.stats_shrinkage <= 1:
         raise ConfigError("params: train.stats_features must be at least 1, train.stats_bandwidth above 0 and "
                           "train.stats_shrinkage in [0, 1]")
+    if not 0 <= params.gate.max_new_label_confusion <= 1:
+        raise ConfigError("params: gate.max_new_label_confusion must be in [0, 1] (0 = the strict floor)")
     if params.replay.capacity < 0:
         raise ConfigError("params: replay.capacity must not be negative")
     try:

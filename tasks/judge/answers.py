@@ -63,6 +63,12 @@ def read_answers(model_dir: str | Path) -> pd.DataFrame | None:
     return frame.set_index(frame["key"].astype(str))[outcomes].astype(int)
 
 
+def lineage_labels(reg, versions) -> dict[str, list[str]]:
+    """{version: the labels it knew} for `versions`, as recorded at registration (the gate's
+    floor tells forgetting from confusion with labels learned later by them)."""
+    return {v: reg.metadata(v).get("labels") or [] for v in versions}
+
+
 def lineage_answers(reg, version: str | None) -> dict[str, pd.DataFrame]:
     """{version: answers} for `version` and its ancestors that kept their answers, oldest first."""
     if not version:

@@ -9,6 +9,11 @@ test, tasks/judge/gate_stats.py) and becomes a row of decision.json and of a Mar
 - **floor**: each old slice against the best version of production's lineage on it
   (from the per-row answers stored with each version), at `gate.max_total_drop`, so a
   run of small passing drops cannot add up to erosion;
+- **new labels** (sentence classifiers): an old row the candidate answers with a label
+  its slice's best version never knew (an intent added later) is confusion with new
+  labels, not forgetting: the floor leaves it out, and this check bounds it per slice,
+  failing when a one-sided binomial test shows its share above
+  `gate.max_new_label_confusion` (0 = no allowance: the floor counts every row);
 - **negative flips**: rows the champion answered right and the candidate wrong, as a
   share of the old exam; fails when a one-sided binomial test shows it above
   `gate.max_negative_flip_rate` (per-slice counts are in every slice row);
@@ -42,7 +47,7 @@ LOW_POWER_POOL = "low-power slices (pooled)"
 @dataclass(frozen=True)
 class Check:
     name: str
-    kind: str                  # old_slice | old_overall | floor | flips | new_batch
+    kind: str                  # old_slice | old_overall | floor | new_labels | flips | new_batch
     rows: int
     champion: float | None     # the reference's score: the champion, or the best version for a floor
     candidate: float
@@ -204,18 +209,47 @@ def best_versions(keys: np.ndarray, masks: dict[str, np.ndarray], history: dict,
     return out
 
 
-def _flip_check(cand: np.ndarray, champ: np.ndarray, cfg: GateConfig) -> Check:
-    """Fails when the negative flip rate is shown above the limit (one-sided exact binomial
-    test at alpha): a small exam with a few unlucky rows is not a regression."""
+def _above(k: int, n: int, limit: float) -> float:
+    """p of "the rate is at most `limit`" given k of n rows (one-sided exact binomial test):
+    a check fails only when this is below alpha, so a few unlucky rows are not a regression."""
     from scipy.stats import binomtest
 
+    return float(binomtest(k, n, limit, alternative="greater").pvalue) if n and limit < 1 else 1.0
+
+
+def _flip_check(cand: np.ndarray, champ: np.ndarray, cfg: GateConfig) -> Check:
+    """Fails when the negative flip rate is shown above the limit."""
     counts = Paired.of(cand, champ)
     rate = round(counts.neg / counts.n, 4) if counts.n else 0.0
-    limit = cfg.max_negative_flip_rate
-    p = float(binomtest(counts.neg, counts.n, limit, alternative="greater").pvalue) if counts.n and limit < 1 else 1.0
-    return Check("negative flips (old exam)", "flips", counts.n, None, rate, None, round(p, 4), limit,
-                 "FAIL" if p < cfg.alpha else "pass", reference="champion", neg_flips=counts.neg,
-                 pos_flips=counts.pos)
+    p = _above(counts.neg, counts.n, cfg.max_negative_flip_rate)
+    return Check("negative flips (old exam)", "flips", counts.n, None, rate, None, round(p, 4),
+                 cfg.max_negative_flip_rate, "FAIL" if p < cfg.alpha else "pass", reference="champion",
+                 neg_flips=counts.neg, pos_flips=counts.pos)
+
+
+def confused_rows(preds: np.ndarray, masks: dict, best: dict, labels: dict | None, cfg: GateConfig) -> dict:
+    """Per floor group, its rows the candidate answered with a label the group's best
+    version never knew ({group: mask}); empty without an allowance, without the candidate's
+    answers, or for a best version whose labels are not recorded."""
+    if not cfg.max_new_label_confusion or preds is None or not labels:
+        return {}
+    out = {}
+    for group, (version, _) in best.items():
+        known = labels.get(version)
+        if known:
+            out[group] = masks[group] & ~np.isin(preds, np.asarray(sorted(map(str, known)), dtype=object))
+    return out
+
+
+def _confusion_check(group: str, rows: np.ndarray, aside: np.ndarray, ref: "Outcomes", version: str,
+                     cfg: GateConfig) -> Check:
+    """Fails when the share of the slice's rows answered with labels its best version never
+    knew is shown above gate.max_new_label_confusion; neg_flips: those of them it had right."""
+    n, k = int(rows.sum()), int(aside.sum())
+    p = _above(k, n, cfg.max_new_label_confusion)
+    return Check(f"new labels:{group}", "new_labels", n, None, round(k / n, 4) if n else 0.0, None, round(p, 4),
+                 cfg.max_new_label_confusion, "FAIL" if p < cfg.alpha else "pass", reference=version,
+                 neg_flips=int(ref.correct[aside].sum()), pos_flips=0)
 
 
 def _new_check(cand: Outcomes, cfg: GateConfig, stat=ACCURACY) -> Check:
@@ -232,6 +266,9 @@ def _reason(c: Check, cfg: GateConfig) -> str:
                 "column with test rows, or more rows (intake.test_share of them are held out)")
     if c.kind == "new_batch":
         return f"{c.name}: candidate {c.candidate:.4f} below {cfg.min_new_slice_score:.4f}"
+    if c.kind == "new_labels":
+        return (f"{c.name}: {c.candidate:.2%} of its {c.rows} rows answered with labels {c.reference} never "
+                f"knew, above gate.max_new_label_confusion {cfg.max_new_label_confusion:.2%} at p {c.p_value:.4f}")
     if c.kind == "flips":
         return (f"{c.name}: {c.neg_flips} of {c.rows} rows the champion answered right are now wrong "
                 f"({c.candidate:.2%}, above gate.max_negative_flip_rate {cfg.max_negative_flip_rate:.2%} "
@@ -251,11 +288,13 @@ def _plan(cfg: GateConfig, n_checks: int, pairs: list[tuple[Outcomes, Outcomes]]
 
 
 def decide(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 0,
-           history: dict | None = None, stat=ACCURACY) -> GateDecision:
+           history: dict | None = None, stat=ACCURACY, labels: dict | None = None) -> GateDecision:
     """`candidate`/`champion` are score sheets on the same exam (their "rows": per-row
-    outcomes, slice, is_new, key); `champion` None before the first promotion (only the
+    outcomes, slice, is_new, key, pred); `champion` None before the first promotion (only the
     new batch is judged). `history`: {version: answers} of production's lineage, for the
-    floor. `stat`: the task type's statistic (accuracy, entity F1); `seed` its bootstrap's."""
+    floor; `labels`: {version: the labels it knew}, which lets the floor tell forgetting from
+    confusion with labels learned later (sentence classifiers: accuracy only). `stat`: the
+    task type's statistic (accuracy, entity F1); `seed` its bootstrap's."""
     rows = candidate["rows"]
     cand = Outcomes.of(rows, stat)
     new = np.asarray(rows["is_new"], dtype=bool)
@@ -282,8 +321,12 @@ def decide(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 
         # bound over the L versions it was picked from keeps the floor's false rejection
         # planned. Pooling bests of different slices would compound that bias: the pooled
         # step check already covers a drop spread over many small slices.
-        checks += _family(lambda g: f"floor:{g}", "floor", cand, best, {g: masks[g] for g in best},
+        preds = np.asarray(rows["pred"], dtype=object) if stat is ACCURACY and "pred" in rows else None
+        aside = confused_rows(preds, masks, best, labels, cfg)
+        checks += _family(lambda g: f"floor:{g}", "floor", cand, best,
+                          {g: masks[g] & ~aside[g] if g in aside else masks[g] for g in best},
                           margin=cfg.max_total_drop, min_rows=cfg.min_slice_size, pool=False, **common)
+        checks += [_confusion_check(g, masks[g], a, best[g][1], best[g][0], cfg) for g, a in aside.items() if a.any()]
         checks.append(_flip_check(cand.correct[old], champ.correct[old], cfg))
     checks.append(_new_check(cand[new], cfg, stat))
     failed = [c for c in checks if not c.passed]

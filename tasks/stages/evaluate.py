@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.judge.answers import lineage_answers
+from tasks.judge.answers import lineage_answers, lineage_labels
 from tasks.judge.evaluate import load_exam
 from tasks.stages import common
 
@@ -21,7 +21,8 @@ def main() -> None:
     out = common.stage_dir("evaluate")
     # the parent's lineage answers: the gate stage's floor, as the flow judged it
     history = lineage_answers(common.registry(), common.parent(p))
-    common.write_json(out / "scores.json", {**sheets, "history": {v: a.to_dict() for v, a in history.items()}})
+    common.write_json(out / "scores.json", {**sheets, "history": {v: a.to_dict() for v, a in history.items()},
+                                            "labels": lineage_labels(common.registry(), history)})
     cand = sheets["candidate"]["all"]
     common.write_json(out / "metrics.json", {
         "candidate": {"overall": cand["overall"][kind.metric],

@@ -12,7 +12,7 @@ def main() -> None:
     sheets = common.read_json(common.BUILD / "evaluate" / "scores.json")
     champion = sheets["champion"] if common.parent(p) else None
     decision = decide(sheets["candidate"], champion, p.gate, p.train.seed, sheets.get("history"),
-                      common.kind(p).statistic(p.gate))
+                      common.kind(p).statistic(p.gate), sheets.get("labels"))
     out = common.stage_dir("gate")
     common.write_json(out / "decision.json", {**decision.to_dict(), "table": decision.markdown()})
     common.write_json(out / "metrics.json", {

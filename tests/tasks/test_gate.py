@@ -148,6 +148,64 @@ def test_erosion_below_the_floor_is_refused_even_when_the_step_passes():
     assert decide({"rows": rows(cand)}, {"rows": rows(champ)}, CFG).promote
 
 
+def _confusion_case(lost_to_new: int, lost_to_old: int, n: int = 900):
+    """Slice a (gold "a1"/"a2"), best version v0001 knew a1, a2: the candidate, which also
+    knows "n1" (a label added later), gets `lost_to_new` rows of a wrong by answering n1 and
+    `lost_to_old` by answering another old label."""
+    rng = np.random.default_rng(2)
+    best = outcomes(0.97, n, rng)
+    gold = np.where(np.arange(n) % 2 == 0, "a1", "a2").astype(object)
+    other = np.where(gold == "a1", "a2", "a1").astype(object)
+    pred_best = np.where(best == 1, gold, other)
+    cand = best.copy()
+    right = np.flatnonzero(best == 1)
+    pred_cand = pred_best.copy()
+    pred_cand[right[:lost_to_new]] = "n1"
+    pred_cand[right[lost_to_new:lost_to_new + lost_to_old]] = other[right[lost_to_new:lost_to_new + lost_to_old]]
+    cand[right[:lost_to_new + lost_to_old]] = 0
+    keys = [f"a:{i}" for i in range(n)]
+    rows = lambda c, p: {"slice": ["a"] * n + ["new"] * 50, "is_new": [False] * n + [True] * 50,  # noqa: E731
+                         "correct": c.tolist() + [1] * 50, "key": keys + [f"n:{i}" for i in range(50)],
+                         "pred": p.tolist() + ["n1"] * 50}
+    history = history_of({"v0001": best}, keys)
+    return {"rows": rows(cand, pred_cand)}, {"rows": rows(best, pred_best)}, history
+
+
+def test_the_floor_leaves_out_rows_answered_with_labels_its_best_version_never_knew():
+    # 36 rows (4 points) lost to a label added later: forgetting nothing v0001 knew
+    cand, champ, history = _confusion_case(lost_to_new=36, lost_to_old=0)
+    labels = {"v0001": ["a1", "a2"]}
+    strict = decide(cand, champ, GateConfig(**{**CFG.__dict__, "max_new_label_confusion": 0.0}), history=history,
+                    labels=labels)
+    assert by_name(strict)["floor:a"].verdict == "FAIL", strict.markdown()
+    cfg = GateConfig(**{**CFG.__dict__, "max_new_label_confusion": 0.05, "tolerance": 0.06})
+    decision = decide(cand, champ, cfg, history=history, labels=labels)
+    checks = by_name(decision)
+    assert checks["floor:a"].passed and checks["floor:a"].rows == 900 - 36, decision.markdown()
+    confusion = checks["new labels:a"]
+    assert confusion.kind == "new_labels" and confusion.reference == "v0001" and confusion.passed
+    assert confusion.candidate == pytest.approx(36 / 900, abs=1e-4) and confusion.neg_flips == 36
+    assert decision.promote, decision.markdown()
+    # without the versions' labels nothing is set aside: the strict floor
+    assert by_name(decide(cand, champ, cfg, history=history))["floor:a"].verdict == "FAIL"
+
+
+def test_rows_lost_to_labels_the_best_version_knew_still_count_as_forgetting():
+    cand, champ, history = _confusion_case(lost_to_new=9, lost_to_old=36)
+    cfg = GateConfig(**{**CFG.__dict__, "max_new_label_confusion": 0.05, "tolerance": 0.06})
+    decision = decide(cand, champ, cfg, history=history, labels={"v0001": ["a1", "a2"]})
+    assert by_name(decision)["floor:a"].verdict == "FAIL" and not decision.promote, decision.markdown()
+
+
+def test_confusion_with_new_labels_beyond_the_allowance_fails():
+    cand, champ, history = _confusion_case(lost_to_new=135, lost_to_old=0)  # 15% of the slice
+    cfg = GateConfig(**{**CFG.__dict__, "max_new_label_confusion": 0.05, "tolerance": 0.2})
+    decision = decide(cand, champ, cfg, history=history, labels={"v0001": ["a1", "a2"]})
+    checks = by_name(decision)
+    assert checks["floor:a"].passed and checks["new labels:a"].verdict == "FAIL", decision.markdown()
+    assert not decision.promote and any("never knew" in r for r in decision.reasons)
+
+
 def test_the_floor_uses_only_versions_that_answered_every_row_of_the_slice():
     cand, champ = exam({"a": (0.9, 100)}, {}, (0.9, 10))
     keys = cand["rows"]["key"]
