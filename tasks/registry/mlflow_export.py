@@ -4,7 +4,9 @@ registered model, and the `champion` alias follows production (rollback included
 Optional (`registry.mlflow_uri` in params.yaml, the `mlflow` extra). What each MLflow
 version holds: the model logged with `mlflow.transformers` as the version's pipeline
 (`text-classification` or `token-classification`, loadable as
-`models:/<name>@champion`), its exam metrics (overall, and per slice as
+`models:/<name>@champion`) — or, for a class-statistics version, whose pipeline is not
+its predictor, a pyfunc that answers through Ratchet's loader with the same `label` and
+`score` columns (tasks/registry/mlflow_pyfunc.py) — its exam metrics (overall, and per slice as
 `slice.<name>.<metric>`), the gate table, metadata.json and the model card as artifacts,
 and the lineage as tags (`ratchet.version`, `ratchet.parent`, `ratchet.lineage`,
 `ratchet.batch_id`, `ratchet.weights_sha256`, `ratchet.task`).
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.registry.store import Registry
+from tasks.train.stats_head import has_stats
 
 CHAMPION = "champion"
 TAG = "ratchet.version"
@@ -111,14 +114,36 @@ def _log(mlflow, client, reg: Registry, target: MlflowTarget, version: str) -> s
         import torch
         import transformers
 
-        info = mlflow.transformers.log_model(
-            pipeline(task, model=str(path), tokenizer=str(path)), name="model", task=task,
-            registered_model_name=target.model,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"])
+        pins = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
+        if has_stats(path):  # the pipeline would answer with the unused classifier rows
+            info = _log_statistics_version(mlflow, path, meta, target, pins)
+        else:
+            info = mlflow.transformers.log_model(
+                pipeline(task, model=str(path), tokenizer=str(path)), name="model", task=task,
+                registered_model_name=target.model, pip_requirements=pins)
     mv = str(info.registered_model_version)
     for key, value in tags.items():
         client.set_model_version_tag(target.model, mv, key, value)
     return mv
+
+
+def _log_statistics_version(mlflow, path: Path, meta: dict, target: MlflowTarget, pins: list[str]):
+    """A class-statistics version as a pyfunc answering through Ratchet's loader
+    (tasks/registry/mlflow_pyfunc.py), with the `tasks` package beside it."""
+    import numpy
+    import pandas
+    import sklearn
+
+    import tasks
+    from tasks.registry.mlflow_pyfunc import MODEL_ARTIFACT, RatchetClassifier
+
+    max_length = int(((meta.get("params") or {}).get("model") or {}).get("max_length") or 128)
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=RatchetClassifier(max_length=max_length),
+        artifacts={MODEL_ARTIFACT: str(path)}, code_paths=[str(Path(tasks.__file__).parent)],
+        registered_model_name=target.model,
+        pip_requirements=[*pins, f"numpy=={numpy.__version__}", f"pandas=={pandas.__version__}",
+                          f"scikit-learn=={sklearn.__version__}"])
 
 
 def sync(reg: Registry, target: MlflowTarget, version: str | None = None) -> dict:

@@ -79,3 +79,33 @@ def test_a_version_logged_but_not_tagged_is_found_by_its_run(setup):
     client = MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
     client.delete_model_version_tag("intents", "1", TAG)
     assert sync(reg, target)["logged"] == []
+
+
+def test_a_statistics_version_is_exported_as_a_model_that_answers_through_its_statistics(setup):
+    """A class-statistics version's pipeline would answer with the unused classifier rows:
+    MLflow gets a pyfunc that answers as Ratchet's loader does (label and score)."""
+    import mlflow
+
+    from conftest import TINY_PARAMS, toy_frame
+    from tasks.core.config import load_params
+    from tasks.intake.batch import split_batch
+    from tasks.train.finetune import train_candidate
+
+    reg, target, tmp = setup
+    (tmp / "params.yaml").write_text(TINY_PARAMS)
+    params = load_params(tmp / "params.yaml", {"train.stats_head": "alone", "train.stats_features": 48,
+                                                "train.stats_bandwidth": 1.0, "train.stats_shrinkage": 0.1})
+    rows = split_batch(toy_frame(["weather", "music", "food"], per_label=20, seed=0), "b-one", 0.3).train
+    cand = train_candidate(champion_dir=None, train_rows=rows, out_dir=tmp / "stats-candidate", params=params)
+    version = reg.register(cand.path, {"task": "classification", "pipeline_tag": "text-classification",
+                                       "batch_id": "b-one", "params": params.to_dict(),
+                                       "metrics": {"overall": {"accuracy": 0.9}}})
+    reg.promote(version)
+    assert sync(reg, target)["logged"] == [version]
+    mlflow.set_registry_uri(target.uri)
+    served = mlflow.pyfunc.load_model(f"models:/intents@{CHAMPION}")
+    texts = ["play some guitar", "is it going to rain", "a pizza please", "the a my"]
+    answers = predict_scored(load_classifier(reg.path(version)), texts, batch_size=4, max_length=32)
+    got = served.predict(texts)
+    assert got["label"].tolist() == [a[0] for a in answers]
+    assert got["score"].tolist() == pytest.approx([a[1] for a in answers], abs=1e-6)
