@@ -321,7 +321,7 @@ def decide(candidate: dict, champion: dict | None, cfg: GateConfig, seed: int = 
         # bound over the L versions it was picked from keeps the floor's false rejection
         # planned. Pooling bests of different slices would compound that bias: the pooled
         # step check already covers a drop spread over many small slices.
-        preds = np.asarray(rows["pred"], dtype=object) if stat is ACCURACY and "pred" in rows else None
+        preds = np.asarray(rows["pred"], dtype=object) if isinstance(stat, Accuracy) and "pred" in rows else None
         aside = confused_rows(preds, masks, best, labels, cfg)
         checks += _family(lambda g: f"floor:{g}", "floor", cand, best,
                           {g: masks[g] & ~aside[g] if g in aside else masks[g] for g in best},

@@ -10,7 +10,7 @@ import pytest
 
 from tasks.core.config import GateConfig
 from tasks.judge.gate import LOW_POWER_POOL, POOLED, GateDecision, decide, flipped_rows
-from tasks.judge.gate_stats import Paired, detectable_margin, lower_bound, score_test
+from tasks.judge.gate_stats import Accuracy, Paired, detectable_margin, lower_bound, score_test
 
 CFG = GateConfig(tolerance=0.05, alpha=0.05, min_slice_size=20, min_new_slice_score=0.5, max_total_drop=0.03,
                  max_negative_flip_rate=0.05, max_false_rejection=0.1)
@@ -179,7 +179,7 @@ def test_the_floor_leaves_out_rows_answered_with_labels_its_best_version_never_k
                     labels=labels)
     assert by_name(strict)["floor:a"].verdict == "FAIL", strict.markdown()
     cfg = GateConfig(**{**CFG.__dict__, "max_new_label_confusion": 0.05, "tolerance": 0.06})
-    decision = decide(cand, champ, cfg, history=history, labels=labels)
+    decision = decide(cand, champ, cfg, history=history, labels=labels, stat=Accuracy())  # as the flow passes it
     checks = by_name(decision)
     assert checks["floor:a"].passed and checks["floor:a"].rows == 900 - 36, decision.markdown()
     confusion = checks["new labels:a"]
