@@ -6,7 +6,12 @@ on dev loss, distillation, frozen lower layers, reuse of a finished candidate) a
 same for every task type. A tagger differs only in what is here:
 
 - `TokenLabels`, its head for the loop: a tag per word on the word's first sub-word, -100
-  (ignored) on the rest; the loss and the distillation term are per labelled token;
+  (ignored) on the rest; the loss and the distillation term are per labelled token. A
+  sentence from a delivery that did not annotate some of the tagger's entity types (its
+  batch has no tag of them: an earlier delivery replayed, or one that labels only a new
+  type) says nothing about those types: its `O` means "none of the types annotated", so
+  its O words are trained on the probability of O or any unannotated type's B-/I- tag
+  (partial-label loss) instead of teaching that a later type's entity is O;
 - `TaggerTraining`: starting from the base encoder or the champion with B-/I- rows grown
   for new entity types; sentences sit in the replay buffer as JSON, with their set of
   entity types as the "label", so `class_balanced` balances over entity-type combinations;
@@ -48,16 +53,48 @@ def from_buffer_rows(rows: pd.DataFrame) -> pd.DataFrame:
                          "slice": rows["slice"].to_numpy(), "batch_id": rows["batch_id"].to_numpy()})
 
 
+PARTIAL = -1000  # a target at or below: an O word whose allowed tags are set number PARTIAL - target
+
+
+def unannotated_types(frame: pd.DataFrame, types: list[str]) -> list[frozenset[str]]:
+    """Per sentence, the entity types among `types` its delivery did not annotate: those no
+    sentence of its batch (`batch_id`; one batch without the column) in `frame` is tagged
+    with. A type too rare to appear in a batch's replayed sentences counts as unannotated
+    there: that costs its O words some supervision, never a wrong label."""
+    batches = frame["batch_id"].astype(str).to_numpy() if "batch_id" in frame else np.zeros(len(frame), dtype=str)
+    seen: dict[str, set[str]] = {}
+    for batch, tags in zip(batches, frame["tags"]):
+        seen.setdefault(batch, set()).update(types_of(tags))
+    missing = {batch: frozenset(t for t in types if t not in found) for batch, found in seen.items()}
+    return [missing[b] for b in batches]
+
+
 class TokenLabels:
     """The loop's view of a tagger: see tasks/train/trainloop.py `SequenceLabels` for the methods."""
 
     columns = ["tokens", "tags"]
 
+    def __init__(self) -> None:
+        self._allowed: list[tuple[int, ...]] = []  # append-only: a code always names the same label ids
+        self._codes: dict[tuple[int, ...], int] = {}
+
+    def _partial(self, label_ids: tuple[int, ...]) -> int:
+        if label_ids not in self._codes:
+            self._codes[label_ids] = len(self._allowed)
+            self._allowed.append(label_ids)
+        return PARTIAL - self._codes[label_ids]
+
     def encode(self, clf: Classifier, frame: pd.DataFrame, max_length: int) -> tuple[list, list]:
-        """(input ids, aligned sub-word labels) per sentence."""
+        """(input ids, aligned sub-word labels) per sentence; O words of a sentence whose
+        delivery left some of the tagger's types unannotated get a partial code."""
         label2id = clf.model.config.label2id
         ids, word_ids = encode_words(clf, [list(t) for t in frame["tokens"]], max_length)
-        labels = [align_labels(w, [label2id[t] for t in tags]) for w, tags in zip(word_ids, frame["tags"])]
+        types = types_of(label2id)
+        labels = []
+        for w, tags, missing in zip(word_ids, frame["tags"], unannotated_types(frame, types)):
+            o = label2id["O"] if not missing else self._partial(tuple(sorted(
+                [label2id["O"], *(label2id[f"{p}-{t}"] for t in missing for p in "BI")])))
+            labels.append(align_labels(w, [o if t == "O" else label2id[t] for t in tags]))
         return ids, labels
 
     def collate(self, clf: Classifier, ids, labels, idx, device) -> tuple[dict, torch.Tensor]:
@@ -67,8 +104,18 @@ class TokenLabels:
         return {k: v.to(device) for k, v in padded.items()}, target.to(device)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
-                               ignore_index=IGNORE, reduction=reduction)
+        """Cross-entropy per labelled word; a partial word's term is -log P(any allowed tag)."""
+        logits, target = logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1)
+        partial = target <= PARTIAL
+        if not bool(partial.any()):
+            return F.cross_entropy(logits, target, ignore_index=IGNORE, reduction=reduction)
+        table = torch.zeros(len(self._allowed), logits.shape[-1], dtype=torch.bool, device=logits.device)
+        for code, label_ids in enumerate(self._allowed):
+            table[code, list(label_ids)] = True
+        rows, allowed = logits[partial], table[PARTIAL - target[partial]]
+        total = F.cross_entropy(logits, target.masked_fill(partial, IGNORE), ignore_index=IGNORE, reduction="sum") \
+            + (torch.logsumexp(rows, -1) - torch.logsumexp(rows.masked_fill(~allowed, -torch.inf), -1)).sum()
+        return total if reduction == "sum" else total / max(int((target != IGNORE).sum()), 1)
 
     def units(self, target: torch.Tensor) -> int:
         """What a summed loss is averaged over: labelled tokens."""

@@ -70,7 +70,7 @@ def mask_absent_old(logits: torch.Tensor, target: torch.Tensor, new_row: torch.T
         return logits
     present = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
     targets = target[new_row]
-    present[targets[targets != ignore_index]] = True
+    present[targets[(targets != ignore_index) & (targets >= 0)]] = True  # not a tagger's partial codes
     absent_old = ~present
     absent_old[old_rows:] = False
     if not bool(absent_old.any()):

@@ -17,7 +17,7 @@ from tasks.judge.gate_stats import EntityF1
 from tasks.ner.model import IGNORE, align_labels, encode_words, grow_types, load_base_tagger, load_tagger
 from tasks.ner.tags import labels_for
 from tasks.train.finetune import train_candidate
-from tasks.ner.train import TAGGERS, from_buffer_rows, to_buffer_rows
+from tasks.ner.train import PARTIAL, TAGGERS, TokenLabels, from_buffer_rows, to_buffer_rows, unannotated_types
 from tasks.train.replay import ReplayBuffer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,6 +67,43 @@ def test_grow_types_keeps_old_rows_and_ids(tiny, tmp_path):
     save_classifier(grown, tmp_path / "m")
     assert load_tagger(tmp_path / "m").labels == grown.labels
     assert grow_types(grown, ["PER"], seed=1)[1] == []
+
+
+def test_a_delivery_says_nothing_about_the_types_it_did_not_annotate():
+    frame = pd.DataFrame({"tokens": [["Ann", "in", "Rome"], ["Acme", "hired", "Bob"], ["a", "b"], ["x"]],
+                          "tags": [["B-PER", "O", "B-LOC"], ["B-ORG", "O", "B-PER"], ["O", "O"], ["O"]],
+                          "batch_id": ["one", "two", "one", "three"]})
+    got = unannotated_types(frame, ["LOC", "ORG", "PER"])
+    assert got == [frozenset({"ORG"}), frozenset({"LOC"}), frozenset({"ORG"}), frozenset({"LOC", "ORG", "PER"})]
+
+
+def test_partial_words_are_trained_on_o_or_an_unannotated_type_and_full_ones_as_before(tiny):
+    clf, _ = grow_types(tiny, ["ORG"], seed=0)
+    label2id = clf.model.config.label2id
+    frame = pd.DataFrame({"tokens": [["Ann", "met", "Acme", "in", "Rome"], ["Bob", "works", "at", "Acme", "Rome"]],
+                          "tags": [["B-PER", "O", "O", "O", "B-LOC"], ["B-PER", "O", "O", "B-ORG", "B-LOC"]],
+                          "batch_id": ["old", "new"]})
+    head = TokenLabels()
+    ids, labels = head.encode(clf, frame, 32)
+    old_o = [t for t in labels[0] if t <= PARTIAL]
+    assert len(old_o) == 3 and set(head._allowed[PARTIAL - old_o[0]]) == {label2id[t] for t in ("O", "B-ORG", "I-ORG")}
+    assert label2id["B-PER"] in labels[0] and all(t > PARTIAL for t in labels[1])  # the new delivery: as before
+    inputs, target = head.collate(clf, ids, labels, np.arange(2), "cpu")
+    logits = torch.randn(*target.shape, len(label2id))
+    got = head.loss(logits, target, reduction="sum")
+    flat, tgt = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+    want = 0.0
+    for row, t in zip(flat, tgt.tolist()):
+        if t == IGNORE:
+            continue
+        allowed = list(head._allowed[PARTIAL - t]) if t <= PARTIAL else [t]
+        want += float(torch.logsumexp(row, -1) - torch.logsumexp(row[allowed], -1))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert float(head.loss(logits, target)) == pytest.approx(want / int((tgt != IGNORE).sum()), rel=1e-5)
+    # without partial words the loss is the plain cross-entropy, bit for bit
+    plain = torch.where(tgt <= PARTIAL, torch.full_like(tgt, label2id["O"]), tgt).reshape(target.shape)
+    assert torch.equal(head.loss(logits, plain), torch.nn.functional.cross_entropy(
+        flat, plain.reshape(-1), ignore_index=IGNORE))
 
 
 def test_buffer_rows_round_trip():
