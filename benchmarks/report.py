@@ -192,7 +192,8 @@ def overhead_table(doc: dict) -> list[str]:
 
 
 def ner_table(doc: dict) -> list[str]:
-    """CoNLL-2003: the stream stage by stage and joint training, entity-level F1 on test."""
+    """CoNLL-2003: the stream (and naive, without replay) stage by stage and joint
+    training, entity-level F1 on test; issue 19's targets when all three ran."""
     m = doc.get("machine", {})
     partial = " — PARTIAL: stopped before every stage ran" if not doc.get("complete", True) else ""
     lines = [f"**CoNLL-2003 (NER)**{partial} ({doc['scale']}; {doc['date']}; {doc['train_sentences']:,} train / "
@@ -204,19 +205,37 @@ def ner_table(doc: dict) -> list[str]:
     def per_type(test: dict) -> str:
         return ", ".join(f"{k} {v:.3f}" for k, v in sorted(test["per_type_f1"].items()))
 
-    for st in (doc.get("stream") or {}).get("stages", []):
-        lines.append(f"| stream stage {st['stage']} (+{'+'.join(st['new_types'])}) | {'+'.join(st['types_so_far'])} | "
-                     f"{st['train_sentences']:,} (+{st['replayed']:,}) | {st['train_seconds']:,.0f} | "
-                     f"{st['test']['f1']:.3f} | {st['test']['macro_f1']:.3f} | {per_type(st['test'])} |")
+    for mode in ("stream", "naive"):
+        for st in (doc.get(mode) or {}).get("stages", []):
+            lines.append(f"| {mode} stage {st['stage']} (+{'+'.join(st['new_types'])}) | {'+'.join(st['types_so_far'])} | "
+                         f"{st['train_sentences']:,} (+{st['replayed']:,}) | {st['train_seconds']:,.0f} | "
+                         f"{st['test']['f1']:.3f} | {st['test']['macro_f1']:.3f} | {per_type(st['test'])} |")
     joint = doc.get("joint")
     if joint:
         lines.append(f"| joint | all four | {joint['train_sentences']:,} | {joint['train_seconds']:,.0f} | "
                      f"{joint['test']['f1']:.3f} | {joint['test']['macro_f1']:.3f} | {per_type(joint['test'])} |")
+    lines += ner_targets(doc)
     ref = doc.get("reference", {})
     if ref:
         lines += ["", f"For scale: BERT-base, 110M parameters, all 14,041 training sentences: "
                       f"{ref['bert_base_test_f1']} test F1 ({ref['source']})."]
     return lines + [""]
+
+
+def ner_targets(doc: dict) -> list[str]:
+    """Issue 19 on CoNLL-2003: the stream's final F1 ≥ 98% of joint's, for ≤ 1.5× naive's
+    training samples (when stream, naive and joint all ran and recorded samples)."""
+    stream, naive = ((doc.get(m) or {}).get("stages") for m in ("stream", "naive"))
+    joint = doc.get("joint")
+    if not (stream and naive and joint) or "samples" not in joint:
+        return []
+    f1, ratio = stream[-1]["test"]["f1"], stream[-1]["test"]["f1"] / joint["test"]["f1"]
+    spent, base = sum(s["samples"] for s in stream), sum(s["samples"] for s in naive)
+    return ["", "| target | measured | met |", "|---|---|---|",
+            f"| CoNLL-2003: stream micro F1 ≥ 98% of joint | {_pct(ratio)} ({f1:.3f} vs {joint['test']['f1']:.3f}; "
+            f"naive {naive[-1]['test']['f1']:.3f}) | {'yes' if ratio >= 0.98 else 'no'} |",
+            f"| … training samples ≤ 1.5× naive's | {spent / base:.2f}× ({_num(spent)} vs {_num(base)}; joint "
+            f"{_num(joint['samples'])}) | {'yes' if spent <= 1.5 * base else 'no'} |"]
 
 
 def section(results: Path, scale: str) -> str:

@@ -32,15 +32,22 @@ def synthetic_conll(tmp_path, train: int, test: int) -> list[str]:
     return ["--data", str(data), "--out", str(tmp_path), "--set", "model.base=tiny", "--train", "0", "--test", "0"]
 
 
-def test_stream_and_joint_on_synthetic_conll(tmp_path):
+def test_stream_naive_and_joint_on_synthetic_conll(tmp_path):
+    from benchmarks.report import ner_table
+
     types = TYPES
     out = main(synthetic_conll(tmp_path, 60, 20) + ["--set", "train.epochs=3", "--set", "train.lr=0.002"])
     doc = json.loads(out.read_text())
-    stages = doc["stream"]["stages"]
+    stages, naive = doc["stream"]["stages"], doc["naive"]["stages"]
     assert [s["new_types"] for s in stages] == [["LOC", "PER"], ["ORG"], ["MISC"]]
     assert stages[0]["replayed"] == 0 and stages[1]["replayed"] > 0
+    assert [s["replayed"] for s in naive] == [0, 0, 0] and [s["new_types"] for s in naive] == [["LOC", "PER"], ["ORG"], ["MISC"]]
+    assert sum(s["samples"] for s in stages) > sum(s["samples"] for s in naive) > 0
     assert set(stages[-1]["test"]["per_type_f1"]) <= set(types)
     assert 0 <= doc["joint"]["test"]["f1"] <= 1 and doc["reference"]["bert_base_test_f1"] == 92.4
+    table = "\n".join(ner_table(doc))
+    assert "| naive stage 3 (+MISC) |" in table and "| CoNLL-2003: stream micro F1 ≥ 98% of joint |" in table
+    assert "| … training samples ≤ 1.5× naive's |" in table
 
 
 def test_missing_data_is_skipped_with_a_reason(tmp_path, capsys):
@@ -49,7 +56,7 @@ def test_missing_data_is_skipped_with_a_reason(tmp_path, capsys):
 
 
 def test_stream_and_joint_side_by_side(tmp_path):
-    out = main(synthetic_conll(tmp_path, 30, 10) + ["--set", "train.epochs=1", "--jobs", "2"])
+    out = main(synthetic_conll(tmp_path, 30, 10) + ["--set", "train.epochs=1", "--jobs", "2", "--modes", "stream,joint"])
     doc = json.loads(out.read_text())
     assert doc["complete"] and doc["machine"]["jobs"] == 2
     assert len(doc["stream"]["stages"]) == 3 and doc["joint"]["wall_seconds"] > 0
