@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from tasks.judge.evaluate import score
-from tasks.train.model import Classifier, load_base, load_classifier
+from tasks.train.model import Classifier, load_base, open_classifier
 
 COVERAGE_SIGNALS = ("unk_share", "pieces_per_word")
 
@@ -83,7 +83,7 @@ def load_champion(model_dir: str | Path | None, *, base: str, metadata: dict | N
         clf = load_base(base, ["unknown"], seed)  # the head is never used: embeddings only
         return Champion(clf, f"base:{base}", None, knows_labels=False, max_length=max_length)
     overall = ((metadata or {}).get("metrics") or {}).get("overall") or {}
-    return Champion(load_classifier(model_dir), str((metadata or {}).get("version", Path(model_dir).name)),
+    return Champion(open_classifier(model_dir), str((metadata or {}).get("version", Path(model_dir).name)),
                     overall.get("accuracy"), max_length=max_length)
 
 

@@ -18,6 +18,7 @@ import torch
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from tasks.train.model import Classifier, count_truncated
+from tasks.train.stats_head import StatsHeadModel
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,27 @@ class SliceScore:
     macro_f1: float
 
 
-def predict(clf: Classifier, texts: list[str], *, batch_size: int, max_length: int) -> list[str]:
+def predict(clf: Classifier, texts: list[str], *, batch_size: int, max_length: int,
+            remember: bool = False) -> list[str]:
     """Predicted label names, in input order."""
-    return [label for label, _ in predict_scored(clf, texts, batch_size=batch_size, max_length=max_length)]
+    return [label for label, _ in predict_scored(clf, texts, batch_size=batch_size, max_length=max_length,
+                                                 remember=remember)]
 
 
-def predict_scored(clf: Classifier, texts: list[str], *, batch_size: int, max_length: int) -> list[tuple[str, float]]:
+def predict_scored(clf: Classifier, texts: list[str], *, batch_size: int, max_length: int,
+                   remember: bool = False) -> list[tuple[str, float]]:
     """(label, softmax probability) of the top label per text, in input order (length-sorted
-    inside for speed)."""
+    inside for speed). A statistics head answers from the pooled vectors it knows and runs
+    the encoder over the rest only; `remember` keeps those (the exam's rows)."""
     model = clf.model.eval()
+    labels = clf.labels
+    if isinstance(model, StatsHeadModel):
+        with torch.inference_mode():
+            logits = model.text_logits(clf.tokenizer, texts, max_length=max_length, batch_size=batch_size,
+                                       remember=remember).float()
+            best = logits.argmax(-1)
+            prob = logits.softmax(-1).gather(-1, best[:, None])[:, 0]
+        return [(labels[p], s) for p, s in zip(best.tolist(), prob.tolist())]
     order = np.argsort([len(t) for t in texts], kind="stable")
     out: list[tuple[int, float]] = [(0, 0.0)] * len(texts)
     with torch.inference_mode():
@@ -48,7 +61,6 @@ def predict_scored(clf: Classifier, texts: list[str], *, batch_size: int, max_le
             prob = logits.softmax(-1).gather(-1, best[:, None])[:, 0]
             for i, p, s in zip(idx, best.tolist(), prob.tolist()):
                 out[i] = (p, s)
-    labels = clf.labels
     return [(labels[p], s) for p, s in out]
 
 
@@ -96,7 +108,8 @@ def evaluate(clf: Classifier | None, exam: pd.DataFrame, new_batch_id: str | lis
         return sheets(exam, [""] * len(exam), new_batch_id, truncated=0)
     texts = list(exam["text"])
     predicted = fill_in(known, len(texts),
-                        lambda at: predict(clf, [texts[i] for i in at], batch_size=batch_size, max_length=max_length))
+                        lambda at: predict(clf, [texts[i] for i in at], batch_size=batch_size, max_length=max_length,
+                                           remember=True))
     return sheets(exam, predicted, new_batch_id, truncated=count_truncated(clf.tokenizer, texts, max_length))
 
 

@@ -22,7 +22,7 @@ from tasks.train.finetune import SENTENCES
 from tasks.judge.gate_stats import Accuracy
 from tasks.intake.batch import Intake, Split, split_batch
 from tasks.kinds.base import Predictor, answers, register
-from tasks.train.model import load_classifier
+from tasks.train.model import load_classifier, open_classifier
 from tasks.validate.checks import ValidationResult, validate_frame
 from tasks.core.workspace import Workspace
 
@@ -69,7 +69,7 @@ class Classification:
 
     def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params,
                  known: dict[int, str] | None = None) -> dict:
-        clf = load_classifier(model_dir) if model_dir is not None else None
+        clf = open_classifier(model_dir) if model_dir is not None else None
         return evaluate(clf, exam, new_ids, batch_size=params.evaluate.batch_size, max_length=params.model.max_length,
                         known=known)
 

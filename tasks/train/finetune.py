@@ -198,8 +198,9 @@ def stats_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
         clf, parent_buffer = load_base(params.model.base, labels, cfg.seed), None
     else:
         clf, parent_buffer = load_classifier(champion_dir), ReplayBuffer.load(champion_dir)
+    vectors = {}  # the same frozen encoder: production's pooled vectors of the exam rows stay true
     if isinstance(clf.model, StatsHeadModel):
-        stats, seed_rows = clf.model.stats, rows.iloc[:0]
+        stats, seed_rows, vectors = clf.model.stats, rows.iloc[:0], clf.model.vectors
         clf = Classifier(clf.model.inner, clf.tokenizer)
         # the sums are in the lineage's feature space (its first statistics version fixed
         # stats_features and stats_bandwidth); only the shrinkage is the solver's to change
@@ -232,7 +233,7 @@ def stats_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     seconds = time.perf_counter() - started
     buffer = derive_buffer(parent_buffer, params.replay.strategy, capacity=params.replay.capacity, seed=cfg.seed)
     buffer.add(rows)
-    wrapped = Classifier(StatsHeadModel(clf.model, stats), clf.tokenizer)
+    wrapped = Classifier(StatsHeadModel(clf.model, stats, vectors), clf.tokenizer)
     report = TrainReport(device=device.type, precision="fp32", steps=0, epochs=0, samples=0, new_samples=0,
                          replay_samples=0, new_rows=len(rows), replay_rows=len(seed_rows), seconds=round(seconds, 2),
                          samples_per_s=0.0, peak_memory_mb=0.0, peak_memory_kind="none", final_loss=None,

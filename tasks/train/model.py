@@ -10,6 +10,7 @@ safetensors, tokenizer), loadable by `transformers.pipeline` with no Ratchet cod
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from tasks.train.stats_head import ClassStats, StatsHeadModel, has_stats
+from tasks.train.stats_head import STATS_FILE, ClassStats, StatsHeadModel, has_stats, load_vectors
 
 LABEL_MAP_FILE = "label_map.json"
 
@@ -84,8 +85,40 @@ def load_classifier(path: str | Path) -> Classifier:
     model = AutoModelForSequenceClassification.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if has_stats(path):
-        model = StatsHeadModel(model, ClassStats.load(path))
+        model = StatsHeadModel(model, ClassStats.load(path), load_vectors(path))
     return Classifier(model, tokenizer)
+
+
+_OPEN: "OrderedDict[tuple, Classifier]" = OrderedDict()
+KEEP_OPEN = 3  # production, the candidate, one more attempt
+
+
+def open_classifier(path: str | Path) -> Classifier:
+    """A saved classifier to answer with (the exam, drift), loaded once per process while
+    its files are unchanged: a run's stages share one copy of each model, and what a
+    statistics version learns of the exam's sentences (their pooled vectors) in one stage
+    serves the next and is stored with the candidate (`save_open_vectors`). Never train
+    on it or change it: training loads its own copy (`load_classifier`)."""
+    path = Path(path).resolve()
+    key = (str(path), *(f.stat().st_mtime_ns for f in sorted(path.glob("*.safetensors")) + [path / STATS_FILE]
+                        if f.exists()))
+    if key not in _OPEN:
+        _OPEN[key] = load_classifier(path)
+        while len(_OPEN) > KEEP_OPEN:
+            _OPEN.popitem(last=False)
+    _OPEN.move_to_end(key)
+    return _OPEN[key]
+
+
+def save_open_vectors(path: str | Path) -> Path | None:
+    """Store what the open copy of the statistics candidate at `path` learned of the exam's
+    sentences into its directory (before it is registered and sealed); None for a
+    fine-tuned model or one not opened in this process."""
+    path = Path(path).resolve()
+    for key, clf in _OPEN.items():
+        if key[0] == str(path) and isinstance(clf.model, StatsHeadModel):
+            return clf.model.save_vectors(path)
+    return None
 
 
 def unwrap(clf: Classifier) -> Classifier:

@@ -24,6 +24,12 @@ its `classifier` rows are not the predictor, which `config.json` says
 `StatsHeadModel`, whose forward returns the statistics head's logits, so evaluation,
 drift and serving use it without knowing. Sentence classifiers only (params validation
 refuses it for `task.type: ner`).
+
+The encoder never changes along a statistics lineage, so a sentence's pooled vector is
+the same for every version: a version keeps those of the exam rows it answered
+(`sentence_vectors.npz`, keyed by a hash of the text and `model.max_length`, under the
+integrity manifest), and the next candidate starts from them, so an exam runs the
+encoder over its new rows only (`StatsHeadModel.text_logits`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 STATS_FILE = "class_stats.npz"
+VECTORS_FILE = "sentence_vectors.npz"  # pooled encoder vectors of the exam rows a version answered
 HEAD_MARK = "class_stats"  # config.json `ratchet_head` of a version whose predictor is this head
 
 
@@ -157,10 +164,11 @@ class StatsHeadModel(torch.nn.Module):
     transformers model for what Ratchet calls on it (`config`, `eval`, `forward` with
     `.logits` and `.hidden_states`, `save_pretrained`)."""
 
-    def __init__(self, inner: torch.nn.Module, stats: ClassStats):
+    def __init__(self, inner: torch.nn.Module, stats: ClassStats, vectors: dict[str, np.ndarray] | None = None):
         super().__init__()
         self.inner = inner
         self.stats = stats
+        self.vectors = dict(vectors or {})  # vector_key(text, max_length) -> pooled float32 vector
 
     @property
     def config(self):
@@ -179,10 +187,54 @@ class StatsHeadModel(torch.nn.Module):
         logits = self.stats.logits(self.stats.featurize(mean_pooled(out, attention_mask)))
         return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
 
+    @torch.inference_mode()
+    def text_logits(self, tokenizer, texts: list[str], *, max_length: int, batch_size: int,
+                    remember: bool = False) -> torch.Tensor:
+        """The head's logits for `texts`, in order: the encoder runs only over texts whose
+        pooled vector is not known (length-sorted batches); `remember` keeps the new ones
+        (the exam's rows; a server answering traffic does not)."""
+        keys = [vector_key(t, max_length) for t in texts]
+        known = self.vectors if remember else dict(self.vectors)
+        todo = [i for i, k in enumerate(keys) if k not in known]
+        todo = [todo[j] for j in np.argsort([len(texts[i]) for i in todo], kind="stable")]
+        encoder = self.inner.base_model.eval()
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt").to(encoder.device)
+            pooled = mean_pooled(encoder(**enc), enc["attention_mask"]).float().cpu().numpy()
+            known.update((keys[i], v) for i, v in zip(idx, pooled))
+        parts = [self.stats.logits(self.stats.featurize(torch.as_tensor(np.stack([known[k] for k in chunk]))))
+                 for chunk in (keys[i:i + 1024] for i in range(0, len(keys), 1024))]  # D features a row: bounded
+        return torch.cat(parts) if parts else torch.zeros(0, len(self.stats.labels))
+
+    def save_vectors(self, path) -> Path | None:
+        """The known pooled vectors into `path` (a candidate's directory, before it is sealed)."""
+        if not self.vectors:
+            return None
+        keys = sorted(self.vectors)
+        out = Path(path) / VECTORS_FILE
+        np.savez(out, keys=np.array(keys, dtype=str), vectors=np.stack([self.vectors[k] for k in keys]))
+        return out
+
     def save_pretrained(self, path, **kwargs) -> None:
         self.inner.config.ratchet_head = HEAD_MARK
         self.inner.save_pretrained(path, **kwargs)
         self.stats.save(path)
+        self.save_vectors(path)
+
+
+def vector_key(text: str, max_length: int) -> str:
+    return hashlib.sha256(f"{max_length}\0{text}".encode()).hexdigest()[:32]
+
+
+def load_vectors(directory: str | Path) -> dict[str, np.ndarray]:
+    """A version's stored pooled vectors ({} when it has none)."""
+    path = Path(directory) / VECTORS_FILE
+    if not path.exists():
+        return {}
+    with np.load(path) as f:
+        return dict(zip((str(k) for k in f["keys"]), f["vectors"]))
 
 
 def has_stats(directory: str | Path | None) -> bool:

@@ -51,3 +51,36 @@ def test_the_served_answers_come_from_the_statistics(promoted):
     predictor = get_kind("classification").predictor(ws / "models" / "production", params)
     answers = predictor.predict(predictor.parse(["will it rain tomorrow", "play some jazz"]))
     assert all(a["label"] in {"weather", "music", "food", "travel"} for a in answers)
+
+
+def test_the_exams_pooled_vectors_are_kept_and_the_gate_decides_the_same_without_them(promoted, tmp_path):
+    """A statistics version keeps its exam rows' pooled vectors (sealed), the next exam runs
+    the encoder over the new rows only, and a version answers the exam the same with its
+    stored vectors as with none."""
+    import shutil
+
+    from tasks.judge.evaluate import load_exam
+    from tasks.judge.gate import decide
+    from tasks.train.stats_head import VECTORS_FILE, load_vectors, vector_key
+
+    ws, _ = promoted
+    reg = Registry(ws / "models")
+    params = load_params(ws / "params.yaml")
+    first, second = [entry["version"] for entry in reversed(reg.lineage(reg.resolve("production")))]
+    batches = [reg.metadata(v)["batch_id"] for v in (first, second)]
+    exam = load_exam(ws / "data" / "exam", batches)
+    assert VECTORS_FILE in reg.metadata(second)["files"] and reg.verify(second) == []
+    kept = load_vectors(reg.path(second))
+    assert {vector_key(t, params.model.max_length) for t in exam["text"]} <= set(kept)
+    assert set(load_vectors(reg.path(first))) < set(kept)  # the first version's exam, then the new rows
+    kind = get_kind("classification")
+    bare = tmp_path / "no-vectors"
+    shutil.copytree(reg.path(second), bare)
+    (bare / VECTORS_FILE).unlink()
+    with_vectors = kind.evaluate(reg.path(second), exam, [batches[1]], params)
+    without = kind.evaluate(bare, exam, [batches[1]], params)
+    assert with_vectors["rows"]["pred"] == without["rows"]["pred"]
+    champion = kind.evaluate(reg.path(first), exam, [batches[1]], params)
+    one, other = (decide(s, champion, params.gate, labels={first: reg.metadata(first)["labels"]})
+                  for s in (with_vectors, without))
+    assert one.to_dict() == other.to_dict()

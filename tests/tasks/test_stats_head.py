@@ -184,3 +184,20 @@ def test_one_row_per_label_solves_to_nearest_mean():
     stats.add(z, ["a", "b", "c"])
     stats.solve()
     assert stats.logits(torch.as_tensor(z).float()).argmax(-1).tolist() == [0, 1, 2]
+
+
+def test_the_exam_remembers_pooled_vectors_and_answers_the_same_from_them_but_serving_does_not(two_versions):
+    from tasks.judge.evaluate import predict_scored
+    from tasks.train.stats_head import vector_key
+
+    params, first, second, v1, v2 = two_versions
+    texts = list(first["text"][:6]) + ["never seen before pizza"]
+    clf = load_classifier(v2.path)
+    before = dict(clf.model.vectors)
+    served = predict_scored(clf, texts, batch_size=4, max_length=32)
+    assert clf.model.vectors.keys() == before.keys()  # answering traffic learns nothing
+    examined = predict_scored(clf, texts, batch_size=4, max_length=32, remember=True)
+    assert {vector_key(t, 32) for t in texts} <= set(clf.model.vectors)
+    again = predict_scored(clf, texts, batch_size=3, max_length=32)  # all from the stored vectors now
+    assert [a[0] for a in served] == [a[0] for a in examined] == [a[0] for a in again]
+    assert [a[1] for a in again] == pytest.approx([a[1] for a in served], abs=1e-5)
