@@ -3,6 +3,12 @@
     python -m benchmarks.overhead                 # 1,500- and 13,500-row deliveries + 1k/10k/100k stage timings
     python -m benchmarks.overhead --domains 1     # the 1,500-row delivery only
     python -m benchmarks.overhead --skip-flow     # stage timings only (no training)
+    python -m benchmarks.overhead --path stats    # the class-statistics path (overhead_stats.json)
+
+`--path finetune` (the default) measures a fine-tune (`train.stats_head: off`): the bare
+cost the issue's overhead targets are set against. `--path stats` measures what
+params.yaml ships for a sentence classifier (`train.stats_head: alone`): its bare cost is
+one forward pass a row, so the platform's stages are most of a run; no loop comparison.
 
 1. Flow vs bare training. In a fresh workspace, CLINC150's first domain is delivered
    (this starts Prefect's temporary server and creates the champion; timed apart), then
@@ -16,7 +22,7 @@
    (Great Expectations) and drift (Evidently) through the same task functions the flow
    calls. Rows are drawn with replacement from CLINC150 and Banking77 texts.
 
-Writes benchmarks/results/overhead.json.
+Writes benchmarks/results/overhead.json (overhead_stats.json for `--path stats`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from benchmarks.continual import RESULTS, _now, _write, machine
 from benchmarks.streams import REPO
 
 SIZES = [1_000, 10_000, 100_000]
+# --path: (overrides, results file)
+PATHS = {"finetune": ({"train.stats_head": "off"}, "overhead.json"),
+         "stats": ({"train.stats_head": "alone"}, "overhead_stats.json")}
 EVALUATION = {"evaluate", "gate"}
 
 
@@ -240,27 +249,33 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--domains", default="1,9", help="CLINC150 domains in the measured delivery, one run each "
                     "(1,500 training rows a domain); the trainer-vs-bare-loop comparison runs on the first")
     ap.add_argument("--skip-flow", action="store_true")
-    ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
+    ap.add_argument("--path", choices=sorted(PATHS), default="finetune",
+                    help="what learns the batch: finetune (train.stats_head off) or stats (the statistics head)")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/overhead.json "
+                    "(overhead_stats.json for --path stats)")
     args = ap.parse_args(argv)
+    out = args.out or RESULTS / PATHS[args.path][1]
     from flows.cli import offline_env
 
     offline_env()
     import yaml
 
-    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
-    doc = {"date": _now(), "machine": machine(),
+    overrides = PATHS[args.path][0] | {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    doc = {"date": _now(), "machine": machine(), "path": args.path,
            "command": shlex.join(["python", "-m", "benchmarks.overhead", *argv])}
     with tempfile.TemporaryDirectory(prefix="ratchet-overhead-") as tmp:
         if not args.skip_flow:
             runs = []
             for i, domains in enumerate(int(x) for x in args.domains.split(",")):
-                runs.append(flow_vs_bare(args.params, overrides, Path(tmp), domains, compare_loops=i == 0))
+                runs.append(flow_vs_bare(args.params, overrides, Path(tmp), domains,
+                                         compare_loops=i == 0 and args.path == "finetune"))
                 print(f"[flow] {runs[-1]}", flush=True)
-                _write(doc | by_size(runs), args.out)  # each size as it finishes
+                _write(doc | by_size(runs), out)  # each size as it finishes
             doc |= by_size(runs)
-        doc["stages"] = stage_timings([int(x) for x in args.sizes.split(",")], args.params, Path(tmp))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    return _write(doc, args.out)
+        if args.path == "finetune":  # the stages before training do not depend on it
+            doc["stages"] = stage_timings([int(x) for x in args.sizes.split(",")], args.params, Path(tmp))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return _write(doc, out)
 
 
 if __name__ == "__main__":

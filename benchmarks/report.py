@@ -191,6 +191,23 @@ def overhead_table(doc: dict) -> list[str]:
     return lines + [""]
 
 
+def stats_overhead(doc: dict) -> list[str]:
+    """The statistics path (benchmarks/overhead.py --path stats): the whole flow against its
+    bare `train_candidate` (one forward pass a row), by delivery size."""
+    lines = [f"The class-statistics path ({doc['date']}; {doc['machine'].get('cpu')}, "
+             f"{doc['machine'].get('autocast')}) — `{doc['command']}`", "",
+             "| delivery rows | flow s | bare s (forward passes) | intake+validate s | drift s | exam s (both models) "
+             "| gate s | promote s | orchestration s |", "|---|---|---|---|---|---|---|---|---|"]
+    for size, run in (doc.get("by_size") or {}).items():
+        s, wall = run["stage_s"], run["flow_wall_s"]
+        lines.append(f"| {int(size):,} | {wall:.1f} | {run['bare_train_s']:.1f} | "
+                     f"{s.get('intake', 0) + s.get('validate', 0) + s.get('split', 0):.1f} | {s.get('drift', 0):.1f} | "
+                     f"{s.get('evaluate', 0):.1f} | {s.get('gate', 0):.1f} | "
+                     f"{s.get('promote', 0) + s.get('record-promotion', 0):.1f} | "
+                     f"{run['stage_share'].get('orchestration', 0) * wall:.1f} |")
+    return lines + [""]
+
+
 def ner_table(doc: dict) -> list[str]:
     """CoNLL-2003: the stream (and naive, without replay) stage by stage and joint
     training, entity-level F1 on test; issue 19's targets when all three ran."""
@@ -260,6 +277,8 @@ def section(results: Path, scale: str) -> str:
                   else stream_table(doc))
     if overhead:
         lines += overhead_table(overhead)
+    if has_overhead and (results / "overhead_stats.json").exists():
+        lines += stats_overhead(json.loads((results / "overhead_stats.json").read_text()))
     ner = results / f"ner_conll2003_{scale}.json"
     if ner.exists():
         lines += ner_table(json.loads(ner.read_text()))

@@ -86,3 +86,15 @@ def test_the_learning_targets_judge_the_shipped_defaults_against_joint_and_naive
     assert "| banking77: shipped defaults (`stats+gate`) ACC ≥ 99% of joint | 99.5% (94.5% vs 95.0%) | yes |" in text
     assert "| … BWT ≥ −1 pt | -1.2 pts | no |" in text
     assert "| … training samples ≤ 1.5× naive's | 1.50× (1,500 vs 1,000) | yes |" in text
+
+
+def test_the_statistics_path_gets_its_own_overhead_table(tmp_path):
+    from benchmarks.report import stats_overhead
+
+    run = {"flow_wall_s": 20.0, "bare_train_s": 5.0, "stage_s": {"intake": 0.1, "validate": 0.4, "split": 0.0,
+                                                                 "drift": 4.0, "evaluate": 3.0, "finetune": 6.0,
+                                                                 "gate": 0.5, "promote": 1.5},
+           "stage_share": {"orchestration": 0.05}}
+    lines = stats_overhead({"date": "d", "machine": {"cpu": "x", "autocast": "fp32"}, "command": "c",
+                            "by_size": {"1500": run}})
+    assert lines[-2] == "| 1,500 | 20.0 | 5.0 | 0.5 | 4.0 | 3.0 | 0.5 | 1.5 | 1.0 |"
