@@ -164,6 +164,17 @@ class TaggerTraining:
     def to_buffer(self, frame: pd.DataFrame) -> pd.DataFrame:
         return to_buffer_rows(frame)
 
+    def worth_replaying(self, replay: pd.DataFrame, delivered: pd.DataFrame, clf) -> pd.DataFrame:
+        """Replay keeps what the delivery does not cover. When it annotates every entity
+        type the tagger knows, a replayed sentence whose own delivery left one of them
+        unannotated (made before the type existed) adds no type the delivery lacks and
+        only its partial labels: it is left out. Otherwise every replayed sentence is used."""
+        types = types_of(clf.model.config.label2id)
+        if not len(replay) or not set(types) <= set(types_of(t for tags in delivered["tags"] for t in tags)):
+            return replay
+        whole = np.array([not missing for missing in unannotated_types(replay, types)], dtype=bool)
+        return replay[whole].reset_index(drop=True)
+
     def from_buffer(self, rows: pd.DataFrame) -> pd.DataFrame:
         return from_buffer_rows(rows)
 

@@ -84,6 +84,10 @@ class SentenceTraining:
     def to_buffer(self, frame: pd.DataFrame) -> pd.DataFrame:
         return frame[COLUMNS]
 
+    def worth_replaying(self, replay: pd.DataFrame, delivered: pd.DataFrame, clf) -> pd.DataFrame:
+        """Every replayed row: a sentence's label is whole (a tagger's may not be)."""
+        return replay
+
     def from_buffer(self, rows: pd.DataFrame) -> pd.DataFrame:
         return rows
 
@@ -160,8 +164,8 @@ def train_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
     clf, parent_buffer, new_labels = training.starting_point(champion_dir, delivered, params)
     buffer = derive_buffer(parent_buffer, params.replay.strategy, capacity=params.replay.capacity, seed=cfg.seed)
     pool = training.to_buffer(replay_pool) if replay_pool is not None else None
-    replay = training.from_buffer(
-        replay_sample(buffer, pool, int(round(params.replay.ratio * len(train_rows))), cfg.seed))
+    replay = training.worth_replaying(training.from_buffer(
+        replay_sample(buffer, pool, int(round(params.replay.ratio * len(train_rows))), cfg.seed)), delivered, clf)
     rows = pd.concat([train_rows[cols], replay[cols]], ignore_index=True)
     data = TrainSet(rows, len(replay), None if dev is None else dev[cols],
                     training.teacher(champion_dir, replay, params), warm=champion_dir is not None,

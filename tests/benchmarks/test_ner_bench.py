@@ -40,9 +40,11 @@ def test_stream_naive_and_joint_on_synthetic_conll(tmp_path):
     doc = json.loads(out.read_text())
     stages, naive = doc["stream"]["stages"], doc["naive"]["stages"]
     assert [s["new_types"] for s in stages] == [["LOC", "PER"], ["ORG"], ["MISC"]]
-    assert stages[0]["replayed"] == 0 and stages[1]["replayed"] > 0
+    # every delivery annotates the types that came before it: no replayed sentence adds one it
+    # lacks, and those made before a type existed are left out (TaggerTraining.worth_replaying)
+    assert [s["replayed"] for s in stages] == [0, 0, 0]
     assert [s["replayed"] for s in naive] == [0, 0, 0] and [s["new_types"] for s in naive] == [["LOC", "PER"], ["ORG"], ["MISC"]]
-    assert sum(s["samples"] for s in stages) > sum(s["samples"] for s in naive) > 0
+    assert sum(s["samples"] for s in stages) == sum(s["samples"] for s in naive) > 0
     assert set(stages[-1]["test"]["per_type_f1"]) <= set(types)
     assert 0 <= doc["joint"]["test"]["f1"] <= 1 and doc["reference"]["bert_base_test_f1"] == 92.4
     table = "\n".join(ner_table(doc))

@@ -106,6 +106,20 @@ def test_partial_words_are_trained_on_o_or_an_unannotated_type_and_full_ones_as_
         flat, plain.reshape(-1), ignore_index=IGNORE))
 
 
+def test_replay_keeps_what_the_delivery_does_not_cover(tiny):
+    clf, _ = grow_types(tiny, ["ORG"], seed=0)  # knows LOC, ORG, PER
+    replay = pd.DataFrame({"tokens": [["Ann", "in", "Rome"], ["Bob", "at", "Acme", "Oslo"]],
+                           "tags": [["B-PER", "O", "B-LOC"], ["B-PER", "O", "B-ORG", "B-LOC"]],
+                           "batch_id": ["before-org", "after-org"], "slice": ["s", "s"]})
+    everything = pd.DataFrame({"tokens": [["Cid", "of", "Acme", "Lima"]], "tags": [["B-PER", "O", "B-ORG", "B-LOC"]],
+                               "batch_id": ["new"], "slice": ["s"]})
+    only_org = everything.assign(tags=[["O", "O", "B-ORG", "O"]])
+    # the delivery annotates every type: the sentence made before ORG existed is left out
+    assert TAGGERS.worth_replaying(replay, everything, clf)["batch_id"].tolist() == ["after-org"]
+    # it annotates ORG only: replay is what keeps LOC and PER, every sentence is used
+    assert TAGGERS.worth_replaying(replay, only_org, clf)["batch_id"].tolist() == ["before-org", "after-org"]
+
+
 def test_buffer_rows_round_trip():
     frame = toy_ner_frame(["PER", "ORG"], sentences=4).assign(slice="s", batch_id="b")
     rows = to_buffer_rows(frame)
