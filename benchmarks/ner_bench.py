@@ -149,6 +149,9 @@ def parse_args(argv):
     ap.add_argument("--jobs", type=int, default=1,
                     help="2 = stream and joint side by side, one process and cpus//2 torch threads each")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--merge", type=Path, default=None, metavar="JSON",
+                    help="an earlier result of the same scale: its modes not run now are kept (with their "
+                         "command and date), the ones run now replace them")
     return ap.parse_args(argv)
 
 
@@ -177,6 +180,10 @@ def main(argv: list[str] | None = None) -> Path | None:
         "reference": {"bert_base_test_f1": BERT_BASE_TEST_F1, "source": "Devlin et al. 2019, Table 3"}}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"ner_conll2003_{args.scale}.json"
+    if args.merge:
+        earlier = json.loads(args.merge.read_text())
+        kept = [m for m in ("stream", "naive", "joint") if m in earlier and m not in args.modes.split(",")]
+        doc |= {m: earlier[m] | {"measured": {"date": earlier["date"], "command": earlier["command"]}} for m in kept}
 
     def write(partial: bool) -> None:  # after every stage: a run cut short keeps its numbers
         out.write_text(json.dumps(doc | {"complete": not partial}, indent=2))

@@ -62,3 +62,18 @@ def test_stream_and_joint_side_by_side(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["complete"] and doc["machine"]["jobs"] == 2
     assert len(doc["stream"]["stages"]) == 3 and doc["joint"]["wall_seconds"] > 0
+
+
+def test_a_mode_run_again_replaces_only_itself(tmp_path):
+    from benchmarks.report import ner_table
+
+    earlier = {"date": "2026-01-01T00:00:00+00:00", "command": "python -m benchmarks.ner_bench --scale full",
+               "stream": {"stages": [{"stage": 1}]}, "naive": {"stages": [{"stage": 9}]}, "joint": {"old": True}}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    out = main(synthetic_conll(tmp_path, 30, 10) + ["--set", "train.epochs=1", "--modes", "joint",
+                                                     "--merge", str(tmp_path / "earlier.json")])
+    doc = json.loads(out.read_text())
+    assert "old" not in doc["joint"] and doc["joint"]["train_sentences"] == 30
+    assert doc["naive"]["stages"] == [{"stage": 9}] and doc["naive"]["measured"]["date"] == earlier["date"]
+    assert any("`naive` was measured in an earlier run" in line for line in ner_table(doc | {
+        "stream": {"stages": []}, "naive": {"stages": [], "measured": doc["naive"]["measured"]}}))
