@@ -232,7 +232,7 @@ def ner_table(doc: dict) -> list[str]:
         lines.append(f"| joint | all four | {joint['train_sentences']:,} | {joint['train_seconds']:,.0f} | "
                      f"{joint['test']['f1']:.3f} | {joint['test']['macro_f1']:.3f} | {per_type(joint['test'])} |")
     lines += ner_targets(doc)
-    lines += [""] + [f"- `{m}` was measured in an earlier run ({doc[m]['measured']['date']}): `{doc[m]['measured']['command']}`"
+    lines += [""] + ([f"- {doc['note']}"] if doc.get("note") else []) + [f"- `{m}` was measured in an earlier run ({doc[m]['measured']['date']}): `{doc[m]['measured']['command']}`"
                      for m in ("stream", "naive", "joint") if (doc.get(m) or {}).get("measured")]
     ref = doc.get("reference", {})
     if ref:
