@@ -132,7 +132,6 @@ def _log_statistics_version(mlflow, path: Path, meta: dict, target: MlflowTarget
     (tasks/registry/mlflow_pyfunc.py), with the `tasks` package beside it."""
     import numpy
     import pandas
-    import sklearn
 
     import tasks
     from tasks.registry.mlflow_pyfunc import MODEL_ARTIFACT, RatchetClassifier
@@ -142,8 +141,7 @@ def _log_statistics_version(mlflow, path: Path, meta: dict, target: MlflowTarget
         name="model", python_model=RatchetClassifier(max_length=max_length),
         artifacts={MODEL_ARTIFACT: str(path)}, code_paths=[str(Path(tasks.__file__).parent)],
         registered_model_name=target.model,
-        pip_requirements=[*pins, f"numpy=={numpy.__version__}", f"pandas=={pandas.__version__}",
-                          f"scikit-learn=={sklearn.__version__}"])
+        pip_requirements=[*pins, f"numpy=={numpy.__version__}", f"pandas=={pandas.__version__}"])
 
 
 def sync(reg: Registry, target: MlflowTarget, version: str | None = None) -> dict:

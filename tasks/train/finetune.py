@@ -31,7 +31,7 @@ import torch
 
 from tasks.core.config import Params, stats_head_on
 from tasks.train.distill import teacher_logits
-from tasks.train.model import Classifier, grow_head, load_base, load_classifier, save_classifier, unwrap
+from tasks.train.model import Classifier, grow_head, load_base, load_classifier, open_vectors, save_classifier, unwrap
 from tasks.train.replay import COLUMNS, ReplayBuffer, derive_buffer
 from tasks.train.parallel import finetune_parallel
 from tasks.train.stats_head import ClassStats, StatsHeadModel, sentence_features
@@ -204,7 +204,10 @@ def stats_candidate(*, champion_dir, train_rows: pd.DataFrame, out_dir, params: 
         clf, parent_buffer = load_classifier(champion_dir), ReplayBuffer.load(champion_dir)
     vectors = {}  # the same frozen encoder: production's pooled vectors of the exam rows stay true
     if isinstance(clf.model, StatsHeadModel):
-        stats, seed_rows, vectors = clf.model.stats, rows.iloc[:0], clf.model.vectors
+        # with those its exam in this run added (the new held-out rows): the candidate's
+        # exam then runs the encoder over none of them again
+        stats, seed_rows = clf.model.stats, rows.iloc[:0]
+        vectors = {**clf.model.vectors, **open_vectors(champion_dir)}
         clf = Classifier(clf.model.inner, clf.tokenizer)
         # the sums are in the lineage's feature space (its first statistics version fixed
         # stats_features and stats_bandwidth); only the shrinkage is the solver's to change

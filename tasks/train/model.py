@@ -110,6 +110,18 @@ def open_classifier(path: str | Path) -> Classifier:
     return _OPEN[key]
 
 
+def open_vectors(path: str | Path | None) -> dict:
+    """The pooled vectors the open copy of the statistics version at `path` knows (its
+    stored ones and those its exam added in this process); {} when none is open."""
+    if path is None:
+        return {}
+    path = Path(path).resolve()
+    for key, clf in _OPEN.items():
+        if key[0] == str(path) and isinstance(clf.model, StatsHeadModel):
+            return clf.model.vectors
+    return {}
+
+
 def save_open_vectors(path: str | Path) -> Path | None:
     """Store what the open copy of the statistics candidate at `path` learned of the exam's
     sentences into its directory (before it is registered and sealed); None for a
