@@ -192,10 +192,9 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
     matrix grown by one row), move production to it, then mirror it when configured."""
     write_answers(candidate.path, cand_sheets,  # sealed with the version: the next gate's floor
                   run.kind.statistic((params or run.params).gate).columns)
-    if run.kind.name == "classification":  # a statistics version: its exam rows' pooled vectors, for the next exam
-        from tasks.train.model import save_open_vectors
+    from tasks.train.model import save_open_vectors  # torch: not at import time
 
-        save_open_vectors(candidate.path)
+    save_open_vectors(candidate.path)  # a statistics version: its exam rows' pooled vectors, for the next exam
     metadata = promotion_metadata(  # the promoted attempt's params: an audit replays exactly those
         params or run.params, run.kind, parent_meta=run.reg.metadata(run.champion) if run.champion else {},
         champion_scores=run.details.get("champion_scores"), parent=run.champion, lineage=lineage,

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from tasks.train.model import Classifier, count_truncated
+from tasks.train.model import Classifier, count_truncated, top_answers
 from tasks.train.stats_head import StatsHeadModel
 
 
@@ -44,11 +44,9 @@ def predict_scored(clf: Classifier, texts: list[str], *, batch_size: int, max_le
     labels = clf.labels
     if isinstance(model, StatsHeadModel):
         with torch.inference_mode():
-            logits = model.text_logits(clf.tokenizer, texts, max_length=max_length, batch_size=batch_size,
-                                       remember=remember).float()
-            best = logits.argmax(-1)
-            prob = logits.softmax(-1).gather(-1, best[:, None])[:, 0]
-        return [(labels[p], s) for p, s in zip(best.tolist(), prob.tolist())]
+            best, prob = top_answers(model.text_logits(clf.tokenizer, texts, max_length=max_length,
+                                                       batch_size=batch_size, remember=remember))
+        return [(labels[p], s) for p, s in zip(best, prob)]
     order = np.argsort([len(t) for t in texts], kind="stable")
     out: list[tuple[int, float]] = [(0, 0.0)] * len(texts)
     with torch.inference_mode():
@@ -56,10 +54,8 @@ def predict_scored(clf: Classifier, texts: list[str], *, batch_size: int, max_le
             idx = order[start:start + batch_size]
             enc = clf.tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
                                 padding=True, return_tensors="pt")
-            logits = model(**enc).logits.float()
-            best = logits.argmax(-1)  # as the exam has always read it (ties: the first)
-            prob = logits.softmax(-1).gather(-1, best[:, None])[:, 0]
-            for i, p, s in zip(idx, best.tolist(), prob.tolist()):
+            best, prob = top_answers(model(**enc).logits)
+            for i, p, s in zip(idx, best, prob):
                 out[i] = (p, s)
     return [(labels[p], s) for p, s in out]
 

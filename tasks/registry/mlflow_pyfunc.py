@@ -30,15 +30,15 @@ class RatchetClassifier(mlflow.pyfunc.PythonModel):
         import pandas as pd
         import torch
 
+        from tasks.train.model import top_answers
+
         if isinstance(model_input, pd.DataFrame):
             column = "text" if "text" in model_input.columns else model_input.columns[0]
             texts = model_input[column].astype(str).tolist()
         else:
             texts = [str(t) for t in (model_input if isinstance(model_input, (list, tuple)) else list(model_input))]
         with torch.inference_mode():  # as the exam reads it (tasks/judge/evaluate.py predict_scored)
-            logits = self.clf.model.text_logits(self.clf.tokenizer, texts, max_length=self.max_length,
-                                                batch_size=self.batch_size).float()
-            best = logits.argmax(-1)
-            prob = logits.softmax(-1).gather(-1, best[:, None])[:, 0]
+            best, prob = top_answers(self.clf.model.text_logits(self.clf.tokenizer, texts, max_length=self.max_length,
+                                                                batch_size=self.batch_size))
         labels = self.clf.labels
-        return pd.DataFrame({"label": [labels[i] for i in best.tolist()], "score": prob.tolist()})
+        return pd.DataFrame({"label": [labels[i] for i in best], "score": prob})

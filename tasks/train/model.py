@@ -110,27 +110,37 @@ def open_classifier(path: str | Path) -> Classifier:
     return _OPEN[key]
 
 
+def _open_statistics(path: str | Path | None) -> StatsHeadModel | None:
+    """The open copy of the statistics version at `path`, if one is open in this process."""
+    if path is not None:
+        path = str(Path(path).resolve())
+        for key, clf in _OPEN.items():
+            if key[0] == path and isinstance(clf.model, StatsHeadModel):
+                return clf.model
+    return None
+
+
 def open_vectors(path: str | Path | None) -> dict:
     """The pooled vectors the open copy of the statistics version at `path` knows (its
     stored ones and those its exam added in this process); {} when none is open."""
-    if path is None:
-        return {}
-    path = Path(path).resolve()
-    for key, clf in _OPEN.items():
-        if key[0] == str(path) and isinstance(clf.model, StatsHeadModel):
-            return clf.model.vectors
-    return {}
+    model = _open_statistics(path)
+    return model.vectors if model is not None else {}
 
 
 def save_open_vectors(path: str | Path) -> Path | None:
     """Store what the open copy of the statistics candidate at `path` learned of the exam's
     sentences into its directory (before it is registered and sealed); None for a
     fine-tuned model or one not opened in this process."""
-    path = Path(path).resolve()
-    for key, clf in _OPEN.items():
-        if key[0] == str(path) and isinstance(clf.model, StatsHeadModel):
-            return clf.model.save_vectors(path)
-    return None
+    model = _open_statistics(path)
+    return model.save_vectors(path) if model is not None else None
+
+
+def top_answers(logits: torch.Tensor) -> tuple[list[int], list[float]]:
+    """The top label id per row and its softmax probability, as the exam has always read
+    them (ties: the first)."""
+    logits = logits.float()
+    best = logits.argmax(-1)
+    return best.tolist(), logits.softmax(-1).gather(-1, best[:, None])[:, 0].tolist()
 
 
 def unwrap(clf: Classifier) -> Classifier:

@@ -196,14 +196,9 @@ class StatsHeadModel(torch.nn.Module):
         keys = [vector_key(t, max_length) for t in texts]
         known = self.vectors if remember else dict(self.vectors)
         todo = [i for i, k in enumerate(keys) if k not in known]
-        todo = [todo[j] for j in np.argsort([len(texts[i]) for i in todo], kind="stable")]
-        encoder = self.inner.base_model.eval()
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt").to(encoder.device)
-            pooled = mean_pooled(encoder(**enc), enc["attention_mask"]).float().cpu().numpy()
-            known.update((keys[i], v) for i, v in zip(idx, pooled))
+        for idx, pooled in pooled_batches(self.inner.base_model.eval(), tokenizer, texts, todo,
+                                          max_length=max_length, batch_size=batch_size):
+            known.update((keys[i], v) for i, v in zip(idx, pooled.float().cpu().numpy()))
         parts = [self.stats.logits(self.stats.featurize(torch.as_tensor(np.stack([known[k] for k in chunk]))))
                  for chunk in (keys[i:i + 1024] for i in range(0, len(keys), 1024))]  # D features a row: bounded
         return torch.cat(parts) if parts else torch.zeros(0, len(self.stats.labels))
@@ -241,6 +236,18 @@ def has_stats(directory: str | Path | None) -> bool:
     return directory is not None and (Path(directory) / STATS_FILE).exists()
 
 
+def pooled_batches(encoder, tokenizer, texts: list[str], positions, *, max_length: int, batch_size: int):
+    """(positions, mean-pooled last hidden states) of `texts[positions]` in length-sorted
+    batches (less padding per batch)."""
+    positions = list(positions)
+    order = [positions[j] for j in np.argsort([len(texts[i]) for i in positions], kind="stable")]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt").to(encoder.device)
+        yield idx, mean_pooled(encoder(**enc), enc["attention_mask"])
+
+
 @torch.inference_mode()
 def sentence_features(model: torch.nn.Module, tokenizer, texts: list[str], stats: ClassStats, *, max_length: int,
                       batch_size: int = 128, device: torch.device | None = None) -> np.ndarray:
@@ -248,12 +255,8 @@ def sentence_features(model: torch.nn.Module, tokenizer, texts: list[str], stats
     encoder = (model.inner if isinstance(model, StatsHeadModel) else model).base_model.eval()
     if device is not None:
         encoder.to(device)
-    order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), stats.features), dtype=np.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt").to(encoder.device)
-        pooled = mean_pooled(encoder(**enc), enc["attention_mask"])
+    for idx, pooled in pooled_batches(encoder, tokenizer, texts, range(len(texts)), max_length=max_length,
+                                      batch_size=batch_size):
         out[idx] = stats.featurize(pooled).double().cpu().numpy()
     return out
