@@ -4,11 +4,16 @@
     python -m benchmarks.overhead --domains 1     # the 1,500-row delivery only
     python -m benchmarks.overhead --skip-flow     # stage timings only (no training)
     python -m benchmarks.overhead --path stats    # the class-statistics path (overhead_stats.json)
+    python -m benchmarks.overhead --path ner      # a CoNLL-2003 tagger (overhead_ner.json)
 
 `--path finetune` (the default) measures a fine-tune (`train.stats_head: off`): the bare
 cost the issue's overhead targets are set against. `--path stats` measures what
 params.yaml ships for a sentence classifier (`train.stats_head: alone`): its bare cost is
 one forward pass a row, so the platform's stages are most of a run; no loop comparison.
+`--path ner` measures a tagger (`task.type: ner`) on CoNLL-2003 sentences read from
+../shared/data/conll2003 (not redistributable: the run stops with the reason when it is
+absent): a first delivery of 500 sentences, then 1,500 training sentences per `--domains`
+unit; no loop comparison (benchmarks/bare_loop.py is the sentence-classification loop).
 
 1. Flow vs bare training. In a fresh workspace, CLINC150's first domain is delivered
    (this starts Prefect's temporary server and creates the champion; timed apart), then
@@ -22,12 +27,14 @@ one forward pass a row, so the platform's stages are most of a run; no loop comp
    (Great Expectations) and drift (Evidently) through the same task functions the flow
    calls. Rows are drawn with replacement from CLINC150 and Banking77 texts.
 
-Writes benchmarks/results/overhead.json (overhead_stats.json for `--path stats`).
+Writes benchmarks/results/overhead.json (overhead_stats.json for `--path stats`,
+overhead_ner.json for `--path ner`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import shutil
 import sys
@@ -43,7 +50,9 @@ from benchmarks.streams import REPO
 SIZES = [1_000, 10_000, 100_000]
 # --path: (overrides, results file)
 PATHS = {"finetune": ({"train.stats_head": "off"}, "overhead.json"),
-         "stats": ({"train.stats_head": "alone"}, "overhead_stats.json")}
+         "stats": ({"train.stats_head": "alone"}, "overhead_stats.json"),
+         "ner": ({"task.type": "ner"}, "overhead_ner.json")}
+NER_FIRST = 500  # sentences in the NER path's first delivery (it creates the champion)
 EVALUATION = {"evaluate", "gate"}
 
 
@@ -95,17 +104,41 @@ def deliveries(landing: Path, domains: int) -> tuple[Path, Path]:
     return first, second
 
 
+def conll_deliveries(landing: Path, domains: int, test_share: float) -> tuple[Path, Path]:
+    """CoNLL-2003's first NER_FIRST training sentences, then enough of the next ones for
+    1,500 training sentences a unit after the held-out share (JSONL deliveries)."""
+    from benchmarks.ner_bench import load_conll
+    from benchmarks.streams import SHARED_DATA
+    from tasks.ner.conll import to_jsonl
+
+    folder = SHARED_DATA / "conll2003"
+    if not (folder / "train.txt").exists():
+        raise SystemExit(f"--path ner needs CoNLL-2003 at {folder} (not redistributable, never committed)")
+    sentences = load_conll(folder, "train")
+    wanted = NER_FIRST + math.ceil(1500 * domains / (1 - test_share))
+    landing.mkdir(parents=True, exist_ok=True)
+    first, second = landing / "01_first.jsonl", landing / f"02_next_{domains}.jsonl"
+    first.write_text(to_jsonl(sentences.iloc[:NER_FIRST]), encoding="utf-8")
+    second.write_text(to_jsonl(sentences.iloc[NER_FIRST:wanted]), encoding="utf-8")
+    return first, second
+
+
 def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path, domains: int, compare_loops: bool) -> dict:
     from flows.retrain import retrain
     from tasks.core.config import load_params
+    from tasks.core.workspace import Workspace
+    from tasks.kinds import get_kind
     from tasks.train.finetune import train_candidate
-    from tasks.intake.batch import parse_bytes, split_batch
+    from tasks.intake.batch import parse_bytes
     from tasks.registry.store import Registry
 
     ws = workdir / "ws"
     ws.mkdir(parents=True)
     shutil.copyfile(params_path, ws / "params.yaml")
-    first, second = deliveries(ws / "data" / "landing", domains)
+    params = load_params(ws / "params.yaml", overrides)
+    kind = get_kind(params.task.type)
+    first, second = conll_deliveries(ws / "data" / "landing", domains, params.intake.test_share) \
+        if params.task.type == "ner" else deliveries(ws / "data" / "landing", domains)
     started = time.perf_counter()
     retrain(batch=str(first), workspace=str(ws), overrides=overrides)
     warmup_s = time.perf_counter() - started
@@ -118,12 +151,14 @@ def _flow_vs_bare(params_path: Path, overrides: dict, workdir: Path, domains: in
     outcome = state.result()
     stages = task_seconds(state.state_details.flow_run_id)
 
-    params = load_params(ws / "params.yaml", overrides)
-    split = split_batch(parse_bytes(second.read_bytes(), second.name), "bare", params.intake.test_share)
+    raw = second.read_bytes()
+    frame = kind.parse(raw, second.name, "utf-8")
+    frame = parse_bytes(raw, second.name) if frame is None else frame
+    split, _ = kind.split(frame, "bare", params.intake.test_share, Workspace.at(ws), [])
     champion = reg.path(before) if before else None  # what the flow trained from
     started = time.perf_counter()  # the same rows as the flow's finetune stage: train, and dev for early stopping
     bare = train_candidate(champion_dir=champion, train_rows=split.train, dev_rows=split.dev, out_dir=workdir / "bare",
-                           params=params)
+                           params=params, training=kind.training)
     bare_s = time.perf_counter() - started
     loop = trainer_vs_bare(champion, split.train, split.dev, params, workdir) if compare_loops else None
     print(f"[trainer vs bare] {loop}", flush=True)
@@ -172,7 +207,9 @@ def mean_tokens(model: str | Path, rows: pd.DataFrame, max_length: int) -> float
     from tasks.train.model import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path() if str(model) in ("minilm", "tiny") else model)
-    lengths = [len(ids) for ids in tok(rows["text"].tolist(), truncation=True, max_length=max_length)["input_ids"]]
+    texts = rows["text"].tolist() if "text" in rows.columns else [list(t) for t in rows["tokens"]]
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length,
+                                       is_split_into_words="text" not in rows.columns)["input_ids"]]
     return round(sum(lengths) / max(len(lengths), 1), 2)
 
 
@@ -250,9 +287,10 @@ def main(argv: list[str] | None = None) -> Path:
                     "(1,500 training rows a domain); the trainer-vs-bare-loop comparison runs on the first")
     ap.add_argument("--skip-flow", action="store_true")
     ap.add_argument("--path", choices=sorted(PATHS), default="finetune",
-                    help="what learns the batch: finetune (train.stats_head off) or stats (the statistics head)")
+                    help="what learns the batch: finetune (train.stats_head off), stats (the statistics head) "
+                    "or ner (a CoNLL-2003 tagger)")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/overhead.json "
-                    "(overhead_stats.json for --path stats)")
+                    "(overhead_stats.json for --path stats, overhead_ner.json for --path ner)")
     args = ap.parse_args(argv)
     out = args.out or RESULTS / PATHS[args.path][1]
     from flows.cli import offline_env

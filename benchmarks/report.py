@@ -191,12 +191,18 @@ def overhead_table(doc: dict) -> list[str]:
     return lines + [""]
 
 
+PATH_TITLES = {"stats": ("The class-statistics path", "bare s (forward passes)"),
+               "ner": ("The NER path (a CoNLL-2003 tagger)", "bare s (fine-tune)")}
+
+
 def stats_overhead(doc: dict) -> list[str]:
-    """The statistics path (benchmarks/overhead.py --path stats): the whole flow against its
-    bare `train_candidate` (one forward pass a row), by delivery size."""
-    lines = [f"The class-statistics path ({doc['date']}; {doc['machine'].get('cpu')}, "
+    """A path of benchmarks/overhead.py other than the default fine-tune (`--path stats`:
+    the statistics head, one forward pass a row; `--path ner`: a tagger): the whole flow
+    against its bare `train_candidate`, by delivery size."""
+    title, bare = PATH_TITLES.get(doc.get("path"), PATH_TITLES["stats"])
+    lines = [f"{title} ({doc['date']}; {doc['machine'].get('cpu')}, "
              f"{doc['machine'].get('autocast')}) — `{doc['command']}`", "",
-             "| delivery rows | flow s | bare s (forward passes) | intake+validate s | drift s | exam s (both models) "
+             f"| delivery rows | flow s | {bare} | intake+validate s | drift s | exam s (both models) "
              "| gate s | promote s | orchestration s |", "|---|---|---|---|---|---|---|---|---|"]
     for size, run in (doc.get("by_size") or {}).items():
         s, wall = run["stage_s"], run["flow_wall_s"]
@@ -279,8 +285,9 @@ def section(results: Path, scale: str) -> str:
                   else stream_table(doc))
     if overhead:
         lines += overhead_table(overhead)
-    if has_overhead and (results / "overhead_stats.json").exists():
-        lines += stats_overhead(json.loads((results / "overhead_stats.json").read_text()))
+    for name in ("overhead_stats.json", "overhead_ner.json"):
+        if has_overhead and (results / name).exists():
+            lines += stats_overhead(json.loads((results / name).read_text()))
     ner = results / f"ner_conll2003_{scale}.json"
     if ner.exists():
         lines += ner_table(json.loads(ner.read_text()))

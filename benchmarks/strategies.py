@@ -10,12 +10,14 @@ candidate and its verdict is counted (`promotions` / `rejections`), but the chai
 advances, so ACC measures what the learning method keeps, not how often the gate held
 production back. (Enforced, naive stays on batch 1 and hides the forgetting it exists to
 show; with 10 held-out rows per intent the gate cannot rule out small drops and holds
-back good candidates too.) `replay+gate` is the platform end to end: the flow's gate,
-enforced, decides which model the next batch starts from.
+back good candidates too.) `replay+gate` is the fine-tuning path end to end: the flow's
+gate, enforced, decides which model the next batch starts from. The shipped default for a
+sentence classifier is the statistics head (`train.stats_head: auto`): `stats+gate`.
 
 - `naive`: no replay (and no distillation): the lower bound.
-- `replay`: Ratchet's defaults from params.yaml.
-- `replay+gate`: the defaults with the gate enforced, as in the flow.
+- `replay`: Ratchet's fine-tuning defaults from params.yaml (`train.stats_head: off`, as
+  in every fine-tuning strategy: `auto` would learn a sentence classifier as statistics).
+- `replay+gate`: the fine-tuning defaults with the gate enforced, as in the flow.
 - `replay@P%`: the defaults with a buffer of P% of the stream's training rows.
 - `reservoir@5%`: plain reservoir selection, 5% buffer, no distillation: the baseline
   the defaults must beat.
@@ -88,23 +90,24 @@ def candidates(defaults: Params, total_train: int, sweep: list[float]) -> tuple[
     tune = {"train.stats_head": "off"}
     out = [Strategy("naive", {"replay.capacity": 0, "replay.ratio": 0.0, **no_distill, **tune},
                     note="no replay"),
-           Strategy("replay", {}, note="Ratchet defaults (params.yaml)"),
-           Strategy("replay+gate", {}, gate="enforce",
-                    note="Ratchet defaults, gate enforced: a rejected candidate is discarded, as in the flow")]
+           Strategy("replay", dict(tune), note="Ratchet's fine-tuning defaults (params.yaml, stats_head off)"),
+           Strategy("replay+gate", dict(tune), gate="enforce",
+                    note="the fine-tuning defaults, gate enforced: a rejected candidate is discarded, as in the flow")]
     for pct in sweep:
-        out.append(Strategy(f"replay@{pct:g}%", {"replay.capacity": max(1, math.ceil(pct / 100 * total_train))},
+        out.append(Strategy(f"replay@{pct:g}%", {"replay.capacity": max(1, math.ceil(pct / 100 * total_train)), **tune},
                             note=f"defaults, buffer {pct:g}% of the stream's training rows"))
     out.append(Strategy("reservoir@5%", {"replay.strategy": "reservoir",
-                                         "replay.capacity": max(1, math.ceil(0.05 * total_train)), **no_distill},
+                                         "replay.capacity": max(1, math.ceil(0.05 * total_train)), **no_distill,
+                                         **tune},
                         note="plain reservoir, 5% buffer, no distillation"))
     skipped = {}
     # skipped by plan() with the config error when the replay module lacks it
     out.append(Strategy("class_balanced@5%", {"replay.strategy": "class_balanced",
-                                              "replay.capacity": max(1, math.ceil(0.05 * total_train))},
+                                              "replay.capacity": max(1, math.ceil(0.05 * total_train)), **tune},
                         note="defaults with class-balanced selection, 5% buffer"))
     if distill:
         weight = getattr(defaults.train, DISTILL_KEY) or DEFAULT_DISTILL
-        out.append(Strategy("replay+distill", {f"train.{DISTILL_KEY}": weight},
+        out.append(Strategy("replay+distill", {f"train.{DISTILL_KEY}": weight, **tune},
                             note=f"defaults plus distillation on replayed rows (weight {weight:g})"))
     else:
         skipped["replay+distill"] = f"the fine-tuning engine has no train.{DISTILL_KEY} (tasks/core/config.py TrainConfig)"

@@ -28,6 +28,7 @@ from tasks.judge.answers import write_answers
 from tasks.audit.record import promotion_metadata, record_data
 from tasks.core.config import Params, load_params
 from tasks.intake.batch import Intake, Split, batch_id_of, is_decided, load_train, mark_decided
+from tasks.judge.evaluate import load_exam
 from tasks.kinds import TaskKind, get_kind
 from flows import events
 from flows.lock import batch_claim, promotion_lock
@@ -169,7 +170,8 @@ def _drift_stage(run: Run, split: Split, lineage: list[str], batch_id: str, forc
     reference = load_train(lineage, run.ws)
     meta = run.reg.metadata(run.champion) if run.champion else None
     drift = drift_task(run.kind, pd.concat([split.train, split.test], ignore_index=True), reference, run.params,
-                           run.reg.path(run.champion) if run.champion else None, meta, run.ws.run_dir(run.run_id))
+                       run.reg.path(run.champion) if run.champion else None, meta, run.ws.run_dir(run.run_id),
+                       load_exam(run.ws.exam_dir, lineage))
     return _policy_stage(run, drift, batch_id, force, waiting + len(split.train), meta)
 
 
@@ -195,6 +197,9 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
     from tasks.train.model import save_open_vectors  # torch: not at import time
 
     save_open_vectors(candidate.path)  # a statistics version: its exam rows' pooled vectors, for the next exam
+    # the vectors of drift's reference sample (the lineage's held-out rows), for the drift runs judged against it
+    run.kind.store_drift_reference(Path(candidate.path), load_exam(run.ws.exam_dir, [*(b for b in lineage if b != batch_id), batch_id]),
+                                   params or run.params)
     metadata = promotion_metadata(  # the promoted attempt's params: an audit replays exactly those
         params or run.params, run.kind, parent_meta=run.reg.metadata(run.champion) if run.champion else {},
         champion_scores=run.details.get("champion_scores"), parent=run.champion, lineage=lineage,

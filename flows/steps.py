@@ -53,8 +53,8 @@ def split_task(kind: TaskKind, frame: pd.DataFrame, batch_id: str, test_share: f
 
 @task(name="drift", cache_policy=NO_CACHE)  # NO_CACHE: the default policy would pickle the champion
 def drift_task(kind: TaskKind, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params,
-               champion_dir: Path | None, metadata: dict | None, out_dir: Path):
-    return kind.drift(rows, reference, params, champion_dir, metadata, out_dir)
+               champion_dir: Path | None, metadata: dict | None, out_dir: Path, heldout: pd.DataFrame | None = None):
+    return kind.drift(rows, reference, params, champion_dir, metadata, out_dir, heldout)
 
 
 @task(name="finetune")

@@ -33,7 +33,9 @@ from tasks.core.config import DriftConfig
 from tasks.drift.column_drift import TEXT, ColumnDrift, column_drifts
 from tasks.drift.drift_report import first_batch_html, with_summary
 from tasks.drift.embed_drift import (Champion, EmbeddingDrift, Quality, champion_quality, coverage,
-                               embedding_drifts, encode)
+                                     embedding_drifts, encode, pooled, text_keys)
+from tasks.drift.reference import Reference, reference_embeddings, store_reference
+from tasks.train.model import open_classifier
 
 LABEL = "label"
 NUMERIC_SIGNALS = ("text_length", "word_count", "non_letter_share")
@@ -123,9 +125,12 @@ def detect_drift(
     out_dir: Path,
     seed: int = 0,
     champion: Champion | None = None,
+    heldout: pd.DataFrame | None = None,
 ) -> DriftResult:
     """Compare `current` with `reference`; write drift.html and drift.json to out_dir.
-    With a `champion`, also tokenizer coverage, embedding drift and its quality."""
+    With a `champion`, also tokenizer coverage, embedding drift and its quality; the
+    embeddings' reference side is drawn from `heldout` (the held-out rows behind
+    production) when given, else from `reference`."""
     if len(current) == 0:
         raise ValueError("drift: the current batch has no rows")
     out_dir = Path(out_dir)
@@ -145,7 +150,8 @@ def detect_drift(
     snapshot, evidently, columns = column_drifts(cur_sig, ref_sig, drift_share=cfg.drift_share, notes=notes)
     embeddings, quality = [], None
     if champion is not None:
-        embeddings, quality, used = _model_signals(cur, ref, champion, cfg, seed, len(current))
+        base = heldout if heldout is not None and len(heldout) else ref
+        embeddings, quality, used = _model_signals(cur, base, champion, cfg, seed, len(current))
         sampling.update(used)
     result = _verdict(columns, embeddings, quality, new_labels, cfg, champion, sampling, notes, paths,
                       rows=(len(ref), len(cur)))
@@ -159,19 +165,44 @@ def _sampling(whole: pd.DataFrame, used: pd.DataFrame) -> dict:
     return {"rows": len(whole), "used": len(used), "sampled": len(used) < len(whole)}
 
 
-def _model_signals(cur: pd.DataFrame, ref: pd.DataFrame, champion: Champion, cfg: DriftConfig, seed: int,
+def _model_signals(cur: pd.DataFrame, base: pd.DataFrame, champion: Champion, cfg: DriftConfig, seed: int,
                    rows_total: int) -> tuple[list[EmbeddingDrift], Quality | None, dict]:
-    """One forward pass per side over at most max_embed_rows: embeddings and answers."""
-    cur_e, ref_e = sample_rows(cur, cfg.max_embed_rows, seed), sample_rows(ref, cfg.max_embed_rows, seed)
+    """One forward pass over at most max_embed_rows of the batch (embeddings and
+    answers); the reference sample of `base` from production's stored vectors."""
+    cur_e = sample_rows(cur, cfg.max_embed_rows, seed)
     kw = {"batch_size": 64, "max_length": champion.max_length}
-    ref_emb, _ = encode(champion.clf, list(ref_e[TEXT].astype(str)), **kw)
+    ref = reference_rows(base, champion, cfg, seed)
     cur_emb, pred = encode(champion.clf, list(cur_e[TEXT].astype(str)), **kw)
-    embeddings = embedding_drifts(ref_emb, _slices(ref_e), cur_emb, _slices(cur_e), method=cfg.embedding_method,
-                                  threshold=cfg.embedding_threshold, min_rows=cfg.min_slice_rows)
+    embeddings = embedding_drifts(ref.vectors, _slices(ref.rows), cur_emb, _slices(cur_e),
+                                  method=cfg.embedding_method, threshold=cfg.embedding_threshold,
+                                  min_rows=cfg.min_slice_rows)
     quality = champion_quality(champion, cur_e[LABEL], pred, rows_total=rows_total, max_drop=cfg.max_quality_drop)
     used = {"embedded_current": {"rows": rows_total, "used": len(cur_e), "sampled": len(cur_e) < rows_total},
-            "embedded_reference": {"rows": len(ref), "used": len(ref_e), "sampled": len(ref_e) < len(ref)}}
+            "embedded_reference": ref.sampling(len(base))}
     return embeddings, quality, used
+
+
+def reference_rows(base: pd.DataFrame, champion: Champion, cfg: DriftConfig, seed: int) -> Reference:
+    """The embedding reference: a consistent sample of `base` with `champion`'s vectors,
+    those it stored at promotion where present (tasks/drift/reference.py)."""
+    return reference_embeddings(base, _keys(base, champion.max_length), cap=cfg.max_embed_rows, seed=seed,
+                                model_dir=champion.path, embed=_embedder(champion.clf, champion.max_length))
+
+
+def store_drift_reference(model_dir: Path, heldout: pd.DataFrame, cfg: DriftConfig, seed: int,
+                          max_length: int) -> Path | None:
+    """At promotion: the candidate's vectors of the reference sample of its lineage's
+    held-out rows, stored in its directory for the drift runs judged against it."""
+    return store_reference(model_dir, heldout, _keys(heldout, max_length), cap=cfg.max_embed_rows, seed=seed,
+                           embed=_embedder(open_classifier(model_dir), max_length))
+
+
+def _keys(frame: pd.DataFrame, max_length: int) -> list[str]:
+    return text_keys(list(frame[TEXT].astype(str)), max_length)
+
+
+def _embedder(clf, max_length: int):
+    return lambda f: pooled(clf, list(f[TEXT].astype(str)), batch_size=64, max_length=max_length)
 
 
 def _slices(frame: pd.DataFrame) -> pd.Series:

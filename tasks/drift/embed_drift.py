@@ -15,8 +15,9 @@ promotion) rather than the raw table:
   promoted. A drop is the strongest reason to retrain: the world moved under it.
 
 Embeddings and predictions come from one forward pass over at most
-`drift.max_embed_rows` sampled rows of each side, so a 100k-row batch costs the same
-as a 1k-row one.
+`drift.max_embed_rows` sampled rows of the batch, so a 100k-row batch costs the same
+as a 1k-row one. The reference side is a sample of the held-out rows behind production,
+whose vectors production stored when it was promoted (tasks/drift/reference.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 from tasks.judge.evaluate import score
 from tasks.train.model import Classifier, load_base, open_classifier
+from tasks.train.stats_head import StatsHeadModel, pooled_batches, vector_key
 
 COVERAGE_SIGNALS = ("unk_share", "pieces_per_word")
 
@@ -45,6 +47,7 @@ class Champion:
     recorded_accuracy: float | None  # overall held-out (exam) accuracy at promotion
     knows_labels: bool = True  # False for a bare base encoder: no quality signal
     max_length: int = 64  # model.max_length: the tokens it sees when it serves
+    path: Path | None = None  # its registry directory (its stored drift reference); None for the base
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def load_champion(model_dir: str | Path | None, *, base: str, metadata: dict | N
         return Champion(clf, f"base:{base}", None, knows_labels=False, max_length=max_length)
     overall = ((metadata or {}).get("metrics") or {}).get("overall") or {}
     return Champion(open_classifier(model_dir), str((metadata or {}).get("version", Path(model_dir).name)),
-                    overall.get("accuracy"), max_length=max_length)
+                    overall.get("accuracy"), max_length=max_length, path=Path(model_dir))
 
 
 def coverage(clf: Classifier, texts: list[str]) -> pd.DataFrame:
@@ -117,6 +120,32 @@ def encode(clf: Classifier, texts: list[str], *, batch_size: int, max_length: in
             pred[idx] = out.logits.argmax(-1).numpy()
     labels = clf.labels
     return emb, [labels[p] for p in pred]
+
+
+def text_keys(texts: list[str], max_length: int) -> list[str]:
+    """A sentence's key for stored vectors: its text as the encoder sees it (max_length)."""
+    return [vector_key(t, max_length) for t in texts]
+
+
+@torch.inference_mode()
+def pooled(clf: Classifier, texts: list[str], *, batch_size: int, max_length: int) -> np.ndarray:
+    """Mean-pooled last-layer vectors of `texts`, in order (`encode`'s, without answers).
+    A statistics version answers from the vectors its exam computed where it has them."""
+    model = clf.model
+    known = model.vectors if isinstance(model, StatsHeadModel) else {}
+    encoder = (model.inner if isinstance(model, StatsHeadModel) else model).base_model.eval()
+    keys = text_keys(texts, max_length)
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    todo = []
+    for i, k in enumerate(keys):
+        if k in known:
+            out[i] = known[k]
+        else:
+            todo.append(i)
+    for idx, vectors in pooled_batches(encoder, clf.tokenizer, texts, todo, max_length=max_length,
+                                       batch_size=batch_size):
+        out[idx] = vectors.float().cpu().numpy()
+    return out
 
 
 # Evidently's own thresholds, used when drift.embedding_threshold is 0

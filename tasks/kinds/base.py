@@ -49,8 +49,13 @@ class TaskKind(Protocol):
         leaks removed here when validation did not (their counts, or None). Writes nothing."""
 
     def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,
-              metadata: dict | None, out_dir: Path):
-        """The drift result the retrain policy reads (drifted, quality_dropped, headline())."""
+              metadata: dict | None, out_dir: Path, heldout: pd.DataFrame | None = None):
+        """The drift result the retrain policy reads (drifted, quality_dropped, headline()).
+        `heldout`: the held-out rows behind production, the embeddings' reference side."""
+
+    def store_drift_reference(self, model_dir: Path, heldout: pd.DataFrame, params: Params) -> Path | None:
+        """At promotion: the candidate's vectors of the drift reference sample of its
+        lineage's held-out rows, stored in `model_dir` (tasks/drift/reference.py)."""
 
     def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params,
                  known: dict[int, str] | None = None) -> dict:

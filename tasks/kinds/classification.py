@@ -15,7 +15,7 @@ import pandas as pd
 
 from tasks.core.config import GateConfig, Params
 from tasks.validate.context import PRODUCTION, load_context
-from tasks.drift.detect import detect_drift
+from tasks.drift.detect import detect_drift, store_drift_reference
 from tasks.drift.embed_drift import load_champion
 from tasks.judge.evaluate import evaluate, predict_scored
 from tasks.train.finetune import SENTENCES
@@ -62,10 +62,13 @@ class Classification:
         return split_batch(rows, batch_id, test_share), None  # leaks were removed by validation
 
     def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,
-              metadata: dict | None, out_dir: Path):
+              metadata: dict | None, out_dir: Path, heldout: pd.DataFrame | None = None):
         champion = load_champion(champion_dir, base=params.model.base, metadata=metadata, seed=params.train.seed,
                                  max_length=params.model.max_length) if reference is not None else None
-        return detect_drift(rows, reference, params.drift, out_dir, params.train.seed, champion)
+        return detect_drift(rows, reference, params.drift, out_dir, params.train.seed, champion, heldout)
+
+    def store_drift_reference(self, model_dir: Path, heldout: pd.DataFrame, params: Params) -> Path | None:
+        return store_drift_reference(model_dir, heldout, params.drift, params.train.seed, params.model.max_length)
 
     def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params,
                  known: dict[int, str] | None = None) -> dict:

@@ -13,6 +13,7 @@ from tasks.core.storage import read_bytes, size_of
 from tasks.core.workspace import Workspace
 from tasks.drift.policy import load_pending
 from tasks.intake.batch import Intake, batch_id_for, batch_id_of, load_train, parse_delivery, size_problem, source_name
+from tasks.judge.evaluate import load_exam
 from tasks.kinds.base import TaskKind
 from tasks.registry.store import Registry
 from tasks.validate.checks import ValidationResult, too_large
@@ -55,4 +56,4 @@ def check_drift(kind: TaskKind, source: str, ws: Workspace, params: Params, run_
     split, _ = kind.split(checked.kept(got.frame), got.batch_id, params.intake.test_share, ws, lineage)
     rows = pd.concat([split.train, split.dev, split.test], ignore_index=True)
     return checked, kind.drift(rows, load_train(lineage, ws), params, reg.path(champion) if champion else None,
-                               meta or None, ws.run_dir(run_id))
+                               meta or None, ws.run_dir(run_id), load_exam(ws.exam_dir, lineage))

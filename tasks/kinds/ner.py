@@ -21,7 +21,7 @@ from tasks.judge.gate_stats import EntityF1
 from tasks.intake.batch import DEV_NAMES, TEST_NAMES, TRAIN_NAMES, Intake, Split, assign_split, load_train
 from tasks.kinds.base import Predictor, answers, register
 from tasks.ner.conll import parse_ner_bytes
-from tasks.ner.drift import detect_ner_drift
+from tasks.ner.drift import detect_ner_drift, store_ner_reference
 from tasks.ner.evaluate import batch_types, evaluate_tagger, predict_tags
 from tasks.ner.model import load_tagger
 from tasks.ner.tags import spans
@@ -108,11 +108,15 @@ class Ner:
         return parts, {kind: int(mask.sum()) for kind, mask in found.items()}
 
     def drift(self, rows: pd.DataFrame, reference: pd.DataFrame | None, params: Params, champion_dir: Path | None,
-              metadata: dict | None, out_dir: Path):
+              metadata: dict | None, out_dir: Path, heldout: pd.DataFrame | None = None):
         return detect_ner_drift(rows, reference, params.drift,
                                 champion=load_tagger(champion_dir) if champion_dir else None, out_dir=out_dir,
                                 seed=params.train.seed, max_length=params.model.max_length,
-                                recorded_f1=recorded_f1(metadata))
+                                recorded_f1=recorded_f1(metadata), heldout=heldout, champion_dir=champion_dir)
+
+    def store_drift_reference(self, model_dir: Path, heldout: pd.DataFrame, params: Params) -> Path | None:
+        return store_ner_reference(model_dir, heldout, params.drift, params.train.seed, params.model.max_length,
+                                   load_tagger(model_dir))
 
     def evaluate(self, model_dir: Path | None, exam: pd.DataFrame, new_ids: list[str], params: Params,
                  known: dict[int, str] | None = None) -> dict:

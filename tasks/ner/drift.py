@@ -32,6 +32,8 @@ from tasks.drift.column_drift import ColumnDrift, column_drifts
 from tasks.core.config import DriftConfig
 from tasks.drift.detect import sample_rows
 from tasks.drift.embed_drift import EmbeddingDrift, coverage, embedding_drift
+from tasks.drift.reference import reference_embeddings, store_reference
+from tasks.train.stats_head import vector_key
 from tasks.train.model import Classifier
 from tasks.ner.evaluate import evaluate_tagger
 from tasks.ner.tags import spans, types_of
@@ -55,6 +57,8 @@ class NerDrift:
     quality_dropped: bool = False
     # production's micro F1 on the batch (types it knows) vs the F1 recorded at promotion
     quality: dict | None = None
+    # the embedding reference: rows, used, sampled, stored (read from production's file), computed
+    embedded_reference: dict | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -107,6 +111,23 @@ def sentence_embeddings(clf: Classifier, sentences: list[list[str]], *, max_leng
     return np.concatenate(rows) if rows else np.zeros((0, model.config.hidden_size), dtype=np.float32)
 
 
+def vector_keys(frame: pd.DataFrame, max_length: int) -> list[str]:
+    """A sentence's key for stored vectors: its tokens as the encoder sees them."""
+    return [vector_key("\x1f".join(map(str, t)), max_length) for t in frame["tokens"]]
+
+
+def _embedder(clf: Classifier, max_length: int):
+    return lambda f: sentence_embeddings(clf, [list(t) for t in f["tokens"]], max_length=max_length)
+
+
+def store_ner_reference(model_dir: Path, heldout: pd.DataFrame, cfg: DriftConfig, seed: int,
+                        max_length: int, tagger: Classifier) -> Path | None:
+    """At promotion: the candidate tagger's vectors of the reference sample of its
+    lineage's held-out sentences (tasks/drift/reference.py)."""
+    return store_reference(model_dir, heldout, vector_keys(heldout, max_length), cap=cfg.max_embed_rows,
+                           seed=seed, embed=_embedder(tagger, max_length))
+
+
 def champion_quality(champion: Classifier, sentences: pd.DataFrame, recorded_f1: float | None,
                      max_drop: float, max_length: int) -> dict:
     """Production's entity micro F1 on the batch's sentences, over the types it knows and
@@ -124,10 +145,13 @@ def champion_quality(champion: Classifier, sentences: pd.DataFrame, recorded_f1:
 
 def detect_ner_drift(current: pd.DataFrame, reference: pd.DataFrame | None, cfg: DriftConfig, *,
                      champion: Classifier | None, out_dir: Path | None, seed: int, max_length: int = 64,
-                     recorded_f1: float | None = None) -> NerDrift:
+                     recorded_f1: float | None = None, heldout: pd.DataFrame | None = None,
+                     champion_dir: Path | None = None) -> NerDrift:
     """Compare a batch's sentences with those behind production; write drift.json (and
     Evidently's drift.html) to out_dir. `recorded_f1`: production's micro F1 on its exam
-    at promotion, for the quality signal."""
+    at promotion, for the quality signal. The embeddings' reference side is drawn from
+    `heldout` (the held-out sentences behind production) when given, else `reference`,
+    with the vectors production stored at `champion_dir` where present."""
     if reference is None or not len(reference):
         result = NerDrift(True, ["first_batch"], "no reference (first batch): everything is new",
                           types_of(t for g in current["tags"] for t in g), {"current": type_shares(current)}, None)
@@ -141,13 +165,16 @@ def detect_ner_drift(current: pd.DataFrame, reference: pd.DataFrame | None, cfg:
     notes: list[str] = []
     snapshot, _, columns = column_drifts(signals(cur, champion), signals(ref, champion), drift_share=cfg.drift_share,
                                          notes=notes)
-    embeddings, quality = [], None
+    embeddings, quality, embedded_reference = [], None, None
     if champion is not None:
-        cur_e, ref_e = (sample_rows(f, cfg.max_embed_rows, seed) for f in (cur, ref))
-        emb = [sentence_embeddings(champion, [list(t) for t in f["tokens"]], max_length=max_length)
-               for f in (ref_e, cur_e)]
-        embeddings.append(embedding_drift(*emb, method=cfg.embedding_method, threshold=cfg.embedding_threshold,
+        cur_e = sample_rows(cur, cfg.max_embed_rows, seed)
+        base = heldout.reset_index(drop=True) if heldout is not None and len(heldout) else ref
+        ref_e = reference_embeddings(base, vector_keys(base, max_length), cap=cfg.max_embed_rows, seed=seed,
+                                     model_dir=champion_dir, embed=_embedder(champion, max_length))
+        embeddings.append(embedding_drift(ref_e.vectors, _embedder(champion, max_length)(cur_e),
+                                          method=cfg.embedding_method, threshold=cfg.embedding_threshold,
                                           scope="all", min_rows=min(cfg.min_slice_rows, 20)))
+        embedded_reference = ref_e.sampling(len(base))
         quality = champion_quality(champion, cur_e, recorded_f1, cfg.max_quality_drop, max_length)
     fired = [c.column for c in columns if c.drifted]
     share_hit = bool(columns) and len(fired) / len(columns) >= cfg.drift_share
@@ -167,7 +194,7 @@ def detect_ner_drift(current: pd.DataFrame, reference: pd.DataFrame | None, cfg:
     result = NerDrift(bool(why), sig + (["quality"] if dropped else []), reason,
                       new, shares, distance, columns, embeddings, notes,
                       sampled=len(cur) < len(current) or len(ref) < len(reference),
-                      quality_dropped=dropped, quality=quality)
+                      quality_dropped=dropped, quality=quality, embedded_reference=embedded_reference)
     return _write(result, out_dir, snapshot)
 
 

@@ -8,6 +8,7 @@ from html import escape
 import pandas as pd
 
 from tasks.intake.batch import load_train
+from tasks.judge.evaluate import load_exam
 from tasks.stages import common
 
 
@@ -15,11 +16,13 @@ def main() -> None:
     p = common.params()
     parts = common.split_frames()
     parent = common.parent(p)
-    reference = load_train(common.lineage(p), common.workspace())
+    lineage, ws = common.lineage(p), common.workspace()
+    reference = load_train(lineage, ws)
     current = pd.concat([parts["train"], parts["test"]], ignore_index=True)
     out = common.stage_dir("drift")
     result = common.kind(p).drift(current, reference, p, common.parent_dir(p),
-                                  common.registry().metadata(parent) if parent else None, out)
+                                  common.registry().metadata(parent) if parent else None, out,
+                                  load_exam(ws.exam_dir, lineage))
     head = result.headline()
     html = out / "drift.html"  # a declared out: say why when the task type wrote no Evidently report
     if not html.exists():

@@ -51,3 +51,18 @@ def test_the_bare_loop_takes_the_trainers_steps_on_the_same_rows(tmp_path, one_t
     assert trainer["checkpoint_s"] > 0 and trainer["dev_loss_s"] > 0  # 4 checkpoints, 3 dev losses
     assert trainer["samples_per_s_steps_only"] >= trainer["samples_per_s"]
     assert not (tmp_path / "trainer.run").exists()
+
+
+def test_the_ner_path_delivers_conll_sentences_as_jsonl(tmp_path):
+    """--path ner: a first delivery of NER_FIRST sentences, then enough for 1,500 training
+    sentences a unit after the held-out share, each a JSONL delivery the tagger parses."""
+    from benchmarks.overhead import NER_FIRST, conll_deliveries
+    from benchmarks.streams import SHARED_DATA
+    from tasks.ner.conll import parse_ner_bytes
+
+    if not (SHARED_DATA / "conll2003" / "train.txt").exists():
+        pytest.skip(f"CoNLL-2003 is not at {SHARED_DATA / 'conll2003'} (not redistributable)")
+    first, second = conll_deliveries(tmp_path, 1, test_share=0.2)
+    parsed = [parse_ner_bytes(p.read_bytes(), p.name, "utf-8") for p in (first, second)]
+    assert [len(f) for f in parsed] == [NER_FIRST, 1875]
+    assert {"tokens", "tags"} <= set(parsed[1].columns)

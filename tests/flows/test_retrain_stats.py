@@ -84,3 +84,20 @@ def test_the_exams_pooled_vectors_are_kept_and_the_gate_decides_the_same_without
     one, other = (decide(s, champion, params.gate, labels={first: reg.metadata(first)["labels"]})
                   for s in (with_vectors, without))
     assert one.to_dict() == other.to_dict()
+
+
+def test_drift_judges_the_second_delivery_against_the_stored_reference(promoted):
+    """The first version stored its vectors of drift's reference sample (its held-out rows,
+    sealed); the second run's drift read every one of them and computed none."""
+    import json
+
+    from tasks.drift.reference import REFERENCE_FILE, stored_reference
+
+    ws, outcomes = promoted
+    reg = Registry(ws / "models")
+    first, second = [entry["version"] for entry in reversed(reg.lineage(reg.resolve("production")))]
+    for version in (first, second):
+        assert REFERENCE_FILE in reg.metadata(version)["files"] and stored_reference(reg.path(version))
+    drift = json.loads((ws / "reports" / outcomes[1]["run_id"] / "drift.json").read_text())
+    used = drift["sampling"]["embedded_reference"]
+    assert used["used"] > 0 and used["stored"] == used["used"] and used["computed"] == 0
