@@ -214,6 +214,19 @@ def stats_overhead(doc: dict) -> list[str]:
     return lines + [""]
 
 
+def drift_reference(doc: dict) -> list[str]:
+    """benchmarks/drift_reference.py: the drift stage with and without the reference
+    vectors stored at promotion."""
+    m = doc["median_s"]
+    return [f"Drift with the reference vectors a version stores at promotion ({doc['date']}; "
+            f"{doc['machine'].get('cpu')}, {doc['machine'].get('autocast')}) — `{doc['command']}`: the whole drift "
+            f"stage on a {doc['batch_rows']:,}-row batch, MiniLM production, median of "
+            f"{len(doc['seconds']['stored'])} runs each way: {m['computed']:.2f} s embedding the "
+            f"{doc['max_embed_rows']}-row reference sample, {m['stored']:.2f} s reading it "
+            f"({1 - m['stored'] / m['computed']:.0%} less); storing it at promotion took {m['store_at_promotion']:.2f} s "
+            "(a fine-tuned version; a statistics version has the vectors from its exam).", ""]
+
+
 def ner_table(doc: dict) -> list[str]:
     """CoNLL-2003: the stream (and naive, without replay) stage by stage and joint
     training, entity-level F1 on test; issue 19's targets when all three ran."""
@@ -288,6 +301,8 @@ def section(results: Path, scale: str) -> str:
     for name in ("overhead_stats.json", "overhead_ner.json"):
         if has_overhead and (results / name).exists():
             lines += stats_overhead(json.loads((results / name).read_text()))
+    if has_overhead and (results / "drift_reference.json").exists():
+        lines += drift_reference(json.loads((results / "drift_reference.json").read_text()))
     ner = results / f"ner_conll2003_{scale}.json"
     if ner.exists():
         lines += ner_table(json.loads(ner.read_text()))

@@ -98,3 +98,17 @@ def test_the_statistics_path_gets_its_own_overhead_table(tmp_path):
     lines = stats_overhead({"date": "d", "machine": {"cpu": "x", "autocast": "fp32"}, "command": "c",
                             "by_size": {"1500": run}})
     assert lines[-2] == "| 1,500 | 20.0 | 5.0 | 0.5 | 4.0 | 3.0 | 0.5 | 1.5 | 1.0 |"
+    assert lines[0].startswith("The class-statistics path (d; x, fp32)") and "bare s (forward passes)" in lines[2]
+    ner = stats_overhead({"date": "d", "machine": {"cpu": "x", "autocast": "fp32"}, "command": "c", "path": "ner",
+                          "by_size": {"1500": run}})
+    assert ner[0].startswith("The NER path") and "bare s (fine-tune)" in ner[2]
+
+
+def test_the_stored_drift_reference_is_reported_against_recomputing_it():
+    from benchmarks.report import drift_reference
+
+    [line, _] = drift_reference({"date": "d", "machine": {"cpu": "x", "autocast": "fp32"}, "command": "c",
+                                 "batch_rows": 1950, "max_embed_rows": 400,
+                                 "seconds": {"stored": [3.0, 3.1], "computed": [4.4, 4.5]},
+                                 "median_s": {"computed": 4.4, "stored": 3.08, "store_at_promotion": 1.29}})
+    assert "4.40 s embedding the 400-row reference sample, 3.08 s reading it (30% less)" in line
