@@ -198,8 +198,8 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
 
     save_open_vectors(candidate.path)  # a statistics version: its exam rows' pooled vectors, for the next exam
     # the vectors of drift's reference sample (the lineage's held-out rows), for the drift runs judged against it
-    run.kind.store_drift_reference(Path(candidate.path), load_exam(run.ws.exam_dir, [*(b for b in lineage if b != batch_id), batch_id]),
-                                   params or run.params)
+    heldout = load_exam(run.ws.exam_dir, [*(b for b in lineage if b != batch_id), batch_id])
+    run.kind.store_drift_reference(Path(candidate.path), heldout, params or run.params)
     metadata = promotion_metadata(  # the promoted attempt's params: an audit replays exactly those
         params or run.params, run.kind, parent_meta=run.reg.metadata(run.champion) if run.champion else {},
         champion_scores=run.details.get("champion_scores"), parent=run.champion, lineage=lineage,
