@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from tasks.drift.column_drift import ColumnDrift, column_drifts
 from tasks.core.config import DriftConfig
@@ -35,7 +34,7 @@ from tasks.drift.embed_drift import EmbeddingDrift, coverage, embedding_drift
 from tasks.drift.reference import reference_embeddings, store_reference
 from tasks.train.stats_head import vector_key
 from tasks.train.model import Classifier
-from tasks.ner.evaluate import evaluate_tagger
+from tasks.ner.evaluate import evaluate_tagger, predict_tags
 from tasks.ner.tags import spans, types_of
 
 TYPE_SHARE_THRESHOLD = 0.1  # Jensen-Shannon distance (base 2) of mention shares per type
@@ -99,16 +98,11 @@ def signals(frame: pd.DataFrame, clf: Classifier | None) -> pd.DataFrame:
 
 
 def sentence_embeddings(clf: Classifier, sentences: list[list[str]], *, max_length: int, batch_size: int = 64):
-    """Mean-pooled last hidden layer per sentence (the encoder under the tagging head)."""
-    model, rows = clf.model.eval(), []
-    with torch.inference_mode():
-        for start in range(0, len(sentences), batch_size):
-            enc = clf.tokenizer(sentences[start:start + batch_size], is_split_into_words=True, truncation=True,
-                                max_length=max_length, padding=True, return_tensors="pt")
-            hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            rows.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy())
-    return np.concatenate(rows) if rows else np.zeros((0, model.config.hidden_size), dtype=np.float32)
+    """Mean-pooled last hidden layer per sentence (the encoder under the tagging head), by
+    the pass that tags them (`predict_tags`), so both sides of drift pool alike."""
+    out = np.zeros((len(sentences), clf.model.config.hidden_size), dtype=np.float32)
+    predict_tags(clf, sentences, batch_size=batch_size, max_length=max_length, pooled=out)
+    return out
 
 
 def vector_keys(frame: pd.DataFrame, max_length: int) -> list[str]:
@@ -129,14 +123,16 @@ def store_ner_reference(model_dir: Path, heldout: pd.DataFrame, cfg: DriftConfig
 
 
 def champion_quality(champion: Classifier, sentences: pd.DataFrame, recorded_f1: float | None,
-                     max_drop: float, max_length: int) -> dict:
+                     max_drop: float, max_length: int, tags: list[list[str]] | None = None) -> dict:
     """Production's entity micro F1 on the batch's sentences, over the types it knows and
-    the batch annotates (a type it has never seen is the drift signal's business)."""
+    the batch annotates (a type it has never seen is the drift signal's business). `tags`:
+    its answers on them, when the embedding pass already gave them."""
     # scored on the types both production knows and the batch annotates (names in its tags)
     types = set(types_of(champion.labels)) & set(types_of(t for tags in sentences["tags"] for t in tags))
     frame = sentences.assign(slice="batch", batch_id="batch")
+    given = {i: " ".join(t) for i, t in enumerate(tags)} if tags is not None else None
     sheet = evaluate_tagger(champion, frame, "batch", batch_size=64, max_length=max_length,
-                            annotated={"batch": types})["all"]["overall"]
+                            annotated={"batch": types}, known=given)["all"]["overall"]
     f1, mentions = sheet["f1"], sheet["support"]
     dropped = bool(recorded_f1 is not None and mentions and recorded_f1 - f1 > max_drop)
     return {"f1": f1, "recorded_f1": recorded_f1, "sentences": len(frame), "mentions": int(mentions),
@@ -171,11 +167,15 @@ def detect_ner_drift(current: pd.DataFrame, reference: pd.DataFrame | None, cfg:
         base = heldout.reset_index(drop=True) if heldout is not None and len(heldout) else ref
         ref_e = reference_embeddings(base, vector_keys(base, max_length), cap=cfg.max_embed_rows, seed=seed,
                                      model_dir=champion_dir, embed=_embedder(champion, max_length))
-        embeddings.append(embedding_drift(ref_e.vectors, _embedder(champion, max_length)(cur_e),
-                                          method=cfg.embedding_method, threshold=cfg.embedding_threshold,
-                                          scope="all", min_rows=min(cfg.min_slice_rows, 20)))
+        # one pass over the batch's sample: production's tags (quality) and its embeddings
+        cur_vectors = np.zeros((len(cur_e), champion.model.config.hidden_size), dtype=np.float32)
+        tags = predict_tags(champion, [list(t) for t in cur_e["tokens"]], batch_size=64, max_length=max_length,
+                            pooled=cur_vectors)
+        embeddings.append(embedding_drift(ref_e.vectors, cur_vectors, method=cfg.embedding_method,
+                                          threshold=cfg.embedding_threshold, scope="all",
+                                          min_rows=min(cfg.min_slice_rows, 20)))
         embedded_reference = ref_e.sampling(len(base))
-        quality = champion_quality(champion, cur_e, recorded_f1, cfg.max_quality_drop, max_length)
+        quality = champion_quality(champion, cur_e, recorded_f1, cfg.max_quality_drop, max_length, tags)
     fired = [c.column for c in columns if c.drifted]
     share_hit = bool(columns) and len(fired) / len(columns) >= cfg.drift_share
     why = ([f"new entity types: {', '.join(new)}"] if new else []) + \

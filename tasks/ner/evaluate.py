@@ -26,8 +26,11 @@ from tasks.ner.model import encode_words, first_subword_positions
 from tasks.ner.tags import spans, types_of
 
 
-def predict_tags(clf: Classifier, sentences: list[list[str]], *, batch_size: int, max_length: int) -> list[list[str]]:
-    """Predicted IOB2 tags per word, in input order."""
+def predict_tags(clf: Classifier, sentences: list[list[str]], *, batch_size: int, max_length: int,
+                 pooled: np.ndarray | None = None) -> list[list[str]]:
+    """Predicted IOB2 tags per word, in input order. `pooled`: a (sentences, hidden) array
+    filled from the same forward pass with each sentence's mean-pooled last layer (drift's
+    embeddings; tasks/ner/drift.py `sentence_embeddings` computes the same)."""
     model, labels = clf.model.eval(), clf.labels
     order = np.argsort([len(s) for s in sentences], kind="stable")
     out: list[list[str]] = [[] for _ in sentences]
@@ -36,7 +39,12 @@ def predict_tags(clf: Classifier, sentences: list[list[str]], *, batch_size: int
             idx = order[start:start + batch_size]
             ids, word_ids = encode_words(clf, [list(sentences[i]) for i in idx], max_length)
             padded = clf.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-            pred = model(**padded).logits.argmax(-1).tolist()
+            result = model(**padded, output_hidden_states=pooled is not None)
+            if pooled is not None:
+                hidden, mask = result.hidden_states[-1], padded["attention_mask"].unsqueeze(-1)
+                mask = mask.to(hidden.dtype)
+                pooled[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy()
+            pred = result.logits.argmax(-1).tolist()
             for row, i in enumerate(idx):
                 first = first_subword_positions(word_ids[row])
                 out[i] = [labels[pred[row][first[w]]] if w in first else "O" for w in range(len(sentences[i]))]
