@@ -43,6 +43,7 @@ class Judged:
     params: Params  # the settling attempt's params: recorded with the version, replayed by audits
     attempts: list[dict] = field(default_factory=list)
     scratch: list[str] = field(default_factory=list)
+    exam: pd.DataFrame | None = None  # the rows it was judged on: the lineage's held-out rows and the batch's
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def train_and_judge(run, split: Split, batch_id: str, lineage: list[str], pendin
             attempts[-1]["stopped"] = ("train.stats_head: the ladder's rungs (replay, distillation) do not change a "
                                        "candidate learned as class statistics")
             break
-    judged = Judged(candidate, sheets, decision, params, attempts, scratch)
+    judged = Judged(candidate, sheets, decision, params, attempts, scratch, exam.rows)
     _write_reports(run, judged, exam)
     return judged
 

@@ -189,7 +189,7 @@ def _policy_stage(run: Run, drift, batch_id: str, force: bool, waiting_rows: int
 
 
 def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: str, lineage: list[str],
-                   params: Params | None = None) -> str:
+                   exam: pd.DataFrame, params: Params | None = None) -> str:
     """Register the candidate as a new immutable version (with the lineage's accuracy
     matrix grown by one row), move production to it, then mirror it when configured."""
     write_answers(candidate.path, cand_sheets,  # sealed with the version: the next gate's floor
@@ -198,8 +198,7 @@ def _promote_stage(run: Run, candidate, cand_sheets: dict, decision, batch_id: s
 
     save_open_vectors(candidate.path)  # a statistics version: its exam rows' pooled vectors, for the next exam
     # the vectors of drift's reference sample (the lineage's held-out rows), for the drift runs judged against it
-    heldout = load_exam(run.ws.exam_dir, [*(b for b in lineage if b != batch_id), batch_id])
-    run.kind.store_drift_reference(Path(candidate.path), heldout, params or run.params)
+    run.kind.store_drift_reference(Path(candidate.path), exam, params or run.params)
     metadata = promotion_metadata(  # the promoted attempt's params: an audit replays exactly those
         params or run.params, run.kind, parent_meta=run.reg.metadata(run.champion) if run.champion else {},
         champion_scores=run.details.get("champion_scores"), parent=run.champion, lineage=lineage,
@@ -314,7 +313,8 @@ def _settle(run: Run, judged, batch_id: str, lineage: list[str]) -> dict:
         reasons = decision.reasons + [f"batch {batch_id} stays pending: the next retrain trains on it "
                                       "(`ratchet pending drop` removes it)"]
         return _finish(run.outcome("rejected", batch_id, reasons), run)
-    version = _promote_stage(run, judged.candidate, judged.sheets, decision, batch_id, lineage, judged.params)
+    version = _promote_stage(run, judged.candidate, judged.sheets, decision, batch_id, lineage, judged.exam,
+                             judged.params)
     clear_pending(run.ws.data_dir, [*lineage, batch_id], version)
     note = [f"promoted at attempt {tried} of {run.params.remediation.max_attempts}"]
     return _finish(run.outcome("promoted", batch_id, note + decision.reasons, version=version), run)

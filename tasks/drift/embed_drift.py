@@ -132,18 +132,11 @@ def pooled(clf: Classifier, texts: list[str], *, batch_size: int, max_length: in
     """Mean-pooled last-layer vectors of `texts`, in order (`encode`'s, without answers).
     A statistics version answers from the vectors its exam computed where it has them."""
     model = clf.model
-    known = model.vectors if isinstance(model, StatsHeadModel) else {}
-    encoder = (model.inner if isinstance(model, StatsHeadModel) else model).base_model.eval()
-    keys = text_keys(texts, max_length)
+    if isinstance(model, StatsHeadModel):
+        return model.pooled_vectors(clf.tokenizer, texts, max_length=max_length, batch_size=batch_size)
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    todo = []
-    for i, k in enumerate(keys):
-        if k in known:
-            out[i] = known[k]
-        else:
-            todo.append(i)
-    for idx, vectors in pooled_batches(encoder, clf.tokenizer, texts, todo, max_length=max_length,
-                                       batch_size=batch_size):
+    for idx, vectors in pooled_batches(model.base_model.eval(), clf.tokenizer, texts, range(len(texts)),
+                                       max_length=max_length, batch_size=batch_size):
         out[idx] = vectors.float().cpu().numpy()
     return out
 

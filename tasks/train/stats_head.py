@@ -193,15 +193,26 @@ class StatsHeadModel(torch.nn.Module):
         """The head's logits for `texts`, in order: the encoder runs only over texts whose
         pooled vector is not known (length-sorted batches); `remember` keeps the new ones
         (the exam's rows; a server answering traffic does not)."""
+        vectors = self.pooled_vectors(tokenizer, texts, max_length=max_length, batch_size=batch_size,
+                                      remember=remember)
+        parts = [self.stats.logits(self.stats.featurize(torch.as_tensor(vectors[i:i + 1024])))
+                 for i in range(0, len(vectors), 1024)]  # D features a row: bounded
+        return torch.cat(parts) if parts else torch.zeros(0, len(self.stats.labels))
+
+    @torch.inference_mode()
+    def pooled_vectors(self, tokenizer, texts: list[str], *, max_length: int, batch_size: int,
+                       remember: bool = False) -> np.ndarray:
+        """The pooled encoder vectors of `texts`, in order: the known ones looked up, the
+        encoder run over the rest; `remember` keeps those."""
         keys = [vector_key(t, max_length) for t in texts]
         known = self.vectors if remember else dict(self.vectors)
         todo = [i for i, k in enumerate(keys) if k not in known]
         for idx, pooled in pooled_batches(self.inner.base_model.eval(), tokenizer, texts, todo,
                                           max_length=max_length, batch_size=batch_size):
             known.update((keys[i], v) for i, v in zip(idx, pooled.float().cpu().numpy()))
-        parts = [self.stats.logits(self.stats.featurize(torch.as_tensor(np.stack([known[k] for k in chunk]))))
-                 for chunk in (keys[i:i + 1024] for i in range(0, len(keys), 1024))]  # D features a row: bounded
-        return torch.cat(parts) if parts else torch.zeros(0, len(self.stats.labels))
+        if not keys:
+            return np.zeros((0, self.config.hidden_size), dtype=np.float32)
+        return np.stack([known[k] for k in keys])
 
     def save_vectors(self, path) -> Path | None:
         """The known pooled vectors into `path` (a candidate's directory, before it is sealed)."""
